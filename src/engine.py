@@ -1,0 +1,176 @@
+"""The one module that imports vLLM: its argument parser, AsyncLLM, and its OpenAI app in-process.
+
+A vLLM upgrade should touch this file only.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.app import build_app
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.sampling_params import RequestOutputKind
+from vllm.usage.usage_lib import UsageContext
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.engine.async_llm import AsyncLLM
+
+
+class InputError(ValueError):
+    """A request vLLM refused; the message says why."""
+
+
+def arg_parser() -> FlexibleArgumentParser:
+    """vLLM's own `vllm serve` parser: engine and OpenAI front-end options."""
+    return make_arg_parser(FlexibleArgumentParser(prog="worker"))
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    content_type: str
+    body: AsyncIterator[bytes]
+
+
+class Engine:
+    """vLLM's AsyncLLM in this process, with vLLM's OpenAI FastAPI app called in-process (ASGI)."""
+
+    def __init__(self, args):
+        validate_parsed_serve_args(args)
+        self.args = args
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        self.vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        # Built outside any event loop: AsyncLLM then binds to the loop of its first request,
+        # which is the runpod SDK's loop.
+        self.llm = AsyncLLM.from_vllm_config(
+            vllm_config=self.vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=engine_args.enable_log_requests,
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        self.app = None
+        self._ready = asyncio.Lock()
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.vllm_config.scheduler_config.max_num_seqs
+
+    @property
+    def served_model_names(self) -> list[str]:
+        return list(self.args.served_model_name or [self.args.model])
+
+    async def ready(self):
+        """Build vLLM's OpenAI app on the running loop (once)."""
+        async with self._ready:
+            if self.app is None:
+                tasks = await self.llm.get_supported_tasks()
+                app = build_app(self.args, tasks, self.llm.model_config)
+                await init_app_state(self.llm, app.state, self.args, tasks)
+                self.app = app
+
+    # --- native path -------------------------------------------------------------------------
+
+    def sampling_params(self, params: dict, *, stream: bool) -> SamplingParams:
+        try:
+            sampling = SamplingParams(**params)
+        except TypeError as e:  # an unknown keyword
+            raise InputError(f"sampling_params: {str(e).split('__init__() ')[-1]}") from None
+        except ValueError as e:
+            raise InputError(f"sampling_params: {e}") from None
+        sampling.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        return sampling
+
+    async def render(self, *, prompt: str | None = None, messages: list | None = None,
+                     chat_template_kwargs: dict | None = None):
+        """The engine input for a prompt, or for chat messages through the model's chat template."""
+        await self.ready()
+        renderer = self.app.state.online_renderer
+        model = self.served_model_names[0]
+        try:
+            if messages is not None:
+                request = ChatCompletionRequest(model=model, messages=messages,
+                                                chat_template_kwargs=chat_template_kwargs)
+                result = await renderer.render_chat(request)
+                inputs = result if isinstance(result, ErrorResponse) else result[1]
+            else:
+                inputs = await renderer.render_completion(CompletionRequest(model=model, prompt=prompt))
+        except ValueError as e:  # pydantic ValidationError is one
+            raise InputError(str(e)) from None
+        if isinstance(inputs, ErrorResponse):
+            raise InputError(inputs.error.message)
+        return inputs[0]
+
+    def generate(self, engine_input, sampling: SamplingParams, request_id: str):
+        return self.llm.generate(engine_input, sampling, request_id)
+
+    async def abort(self, request_id: str):
+        await self.llm.abort(request_id)
+
+    # --- OpenAI path -------------------------------------------------------------------------
+
+    async def http(self, method: str, path: str, body: dict | None, request_id: str) -> HttpResponse:
+        """Call vLLM's OpenAI app in-process, as an HTTP client would, with no socket in between."""
+        await self.ready()
+        payload = b"" if body is None else json.dumps(body).encode()
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80),
+            "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())],
+        }
+        received = False
+        disconnected = asyncio.Event()
+        out: asyncio.Queue = asyncio.Queue()
+
+        async def receive():
+            nonlocal received
+            if not received:
+                received = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            await disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            await out.put(message)
+
+        async def run():
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                await out.put(None)
+
+        task = asyncio.create_task(run())
+        start = await out.get()
+        if start is None:
+            await task  # raises what the app raised
+        headers = dict(start.get("headers", []))
+
+        async def body_chunks():
+            try:
+                while (message := await out.get()) is not None:
+                    if message.get("body"):
+                        yield message["body"]
+                    if not message.get("more_body", False):
+                        break
+            finally:
+                disconnected.set()
+                if not task.done():
+                    task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        return HttpResponse(start["status"], headers.get(b"content-type", b"").decode(), body_chunks())
+
+    def shutdown(self):
+        self.llm.shutdown()

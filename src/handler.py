@@ -1,0 +1,86 @@
+"""Runpod Serverless entry point: starts the worker and routes each job to its path.
+
+A job with `openai_route` goes to the OpenAI path; one with `prompt` or `messages` to the native
+path. Run locally with `python src/handler.py --test_input '{"input": {...}}'` or a test_input.json.
+"""
+
+import redact
+
+redact.install()  # before vLLM and runpod create their log handlers
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import config  # noqa: E402
+import errors  # noqa: E402
+import local_run  # noqa: E402
+import native  # noqa: E402
+import openai_path  # noqa: E402
+
+log = logging.getLogger("worker")
+worker = None  # set by main(), or by a caller that drives the handler itself (bench/, tests/)
+
+
+def path_for(job_input):
+    """The request path for a job's input, or None if its shape is neither."""
+    if isinstance(job_input, dict):
+        if "openai_route" in job_input:
+            return openai_path.run
+        if "prompt" in job_input or "messages" in job_input:
+            return native.run
+    return None
+
+
+async def handler(job: dict):
+    path = path_for(job.get("input"))
+    if path is None:
+        yield {"error": 'input must be an object with "prompt" or "messages" (native) or '
+                        '"openai_route" and "openai_input" (OpenAI)'}
+        return
+    async for item in path(worker, job["input"], job["id"]):
+        yield item
+
+
+def main():
+    global worker
+    import worker as worker_module
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
+    job = local_run.test_job(sys.argv[1:], Path.cwd()) if local else None
+    if local and job is None:
+        sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
+                 "(for a local endpoint, run src/serve.py)")
+    try:
+        worker = worker_module.start()
+    except config.ConfigError as e:
+        sys.exit(f"startup failed: {e}")
+    except Exception as e:  # noqa: BLE001 - one line with the cause, not a traceback wall
+        log.debug("startup failed", exc_info=True)
+        sys.exit(f"startup failed: {type(e).__name__}: {errors.describe(e)}")
+
+    if local:
+        try:
+            code = asyncio.run(local_run.run(handler, job))
+        finally:
+            worker.engine.shutdown()
+        sys.exit(code)
+
+    import runpod
+
+    concurrency = worker.concurrency
+    log.info("ready: model %s, taking %d jobs at once", worker.engine.served_model_names[0], concurrency)
+    runpod.serverless.start({
+        "handler": handler,
+        "return_aggregate_stream": True,
+        # A constant: the SDK stops fetching until no job is in flight whenever this changes.
+        "concurrency_modifier": lambda _current: concurrency,
+    })
+
+
+if __name__ == "__main__":
+    main()

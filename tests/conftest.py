@@ -1,0 +1,71 @@
+"""One real vLLM engine (CPU, embedded tiny model) for the whole test session.
+
+vLLM's AsyncLLM binds to the event loop of its first request, so every test talks to it through
+one loop that runs in a background thread: `run(coro)` and `collect(async_iterator)`.
+"""
+
+import asyncio
+import os
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
+for marker in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB"):
+    os.environ.pop(marker, None)
+
+
+class EngineLoop:
+    """An event loop in a thread; tests submit coroutines to it and wait."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def collect(self, items, timeout: float = 120) -> list:
+        async def gather():
+            return [item async for item in items]
+
+        return self.run(gather(), timeout)
+
+
+@pytest.fixture(scope="session")
+def engine_loop():
+    loop = EngineLoop()
+    yield loop
+    loop.loop.call_soon_threadsafe(loop.loop.stop)
+
+
+@pytest.fixture(scope="session")
+def worker(engine_loop):
+    """The started worker, serving the embedded tiny model; handler.handler routes to it."""
+    import handler
+    import worker as worker_module
+
+    started = worker_module.start({k: v for k, v in os.environ.items() if k != "MODEL_NAME"})
+    handler.worker = started
+    engine_loop.run(started.engine.ready())
+    yield started
+    started.engine.shutdown()
+
+
+@pytest.fixture
+def run_job(worker, engine_loop):
+    """Run one job through the real handler; returns the list of yielded items."""
+    import handler
+
+    def run(job_input: dict, job_id: str | None = None) -> list:
+        job = {"id": job_id or f"test-{uuid.uuid4().hex[:12]}", "input": job_input}
+        return engine_loop.collect(handler.handler(job))
+
+    return run
