@@ -39,6 +39,14 @@ class EngineLoop:
         return self.run(gather(), timeout)
 
 
+# The session engine's settings, as a user would set them in the endpoint's environment.
+# Features that need an engine flag are switched on here, so one engine serves every test.
+SESSION_ENV = {
+    "ENFORCE_EAGER": "true",
+    "MAX_MODEL_LEN": "2048",
+}
+
+
 @pytest.fixture(scope="session")
 def engine_loop():
     loop = EngineLoop()
@@ -52,7 +60,8 @@ def worker(engine_loop):
     import handler
     import worker as worker_module
 
-    started = worker_module.start({k: v for k, v in os.environ.items() if k != "MODEL_NAME"})
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | SESSION_ENV
+    started = worker_module.start(env)
     handler.worker = started
     engine_loop.run(started.engine.ready())
     yield started
