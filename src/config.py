@@ -34,7 +34,10 @@ TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
 
 
 class ConfigError(Exception):
-    """A setting that cannot be used; the message is one line a person can act on."""
+    """A setting that cannot be used; the message is one line a person can act on, secrets masked."""
+
+    def __init__(self, message: str):
+        super().__init__(redact.redact(message))
 
 
 class WorkerSettings(BaseModel):
@@ -138,14 +141,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str,
         for name, action in names.items():
             if name in env and any(f"argument {s}" in message for s in action.option_strings if s.startswith("--")):
                 detail = message.split(": ", 1)[-1]
-                raise ConfigError(f"{name}={_shown(name, env[name])!r} is not valid: {redact.redact(detail)}")
-        raise ConfigError(redact.redact(message))
+                raise ConfigError(f"{name}={_shown(name, env[name])!r} is not valid: {detail}")
+        raise ConfigError(message)
 
     parser.error = error
     try:
         return parser.parse_args(argv)
     except (ValueError, TypeError) as e:
-        raise ConfigError(redact.redact(str(e).splitlines()[0])) from None
+        raise ConfigError(str(e).splitlines()[0]) from None
 
 
 def in_runpod(env: Mapping[str, str]) -> bool:

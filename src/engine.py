@@ -16,6 +16,7 @@ from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -87,7 +88,7 @@ class Engine:
             sampling = SamplingParams(**params)
         except TypeError as e:  # an unknown keyword
             raise InputError(f"sampling_params: {str(e).split('__init__() ')[-1]}") from None
-        except ValueError as e:
+        except (ValueError, VLLMClientError) as e:
             raise InputError(f"sampling_params: {e}") from None
         sampling.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         return sampling
@@ -106,14 +107,18 @@ class Engine:
                 inputs = result if isinstance(result, ErrorResponse) else result[1]
             else:
                 inputs = await renderer.render_completion(CompletionRequest(model=model, prompt=prompt))
-        except ValueError as e:  # pydantic ValidationError is one
+        except (ValueError, VLLMClientError) as e:  # pydantic's ValidationError is a ValueError
             raise InputError(str(e)) from None
         if isinstance(inputs, ErrorResponse):
             raise InputError(inputs.error.message)
         return inputs[0]
 
-    def generate(self, engine_input, sampling: SamplingParams, request_id: str):
-        return self.llm.generate(engine_input, sampling, request_id)
+    async def generate(self, engine_input, sampling: SamplingParams, request_id: str):
+        try:
+            async for output in self.llm.generate(engine_input, sampling, request_id):
+                yield output
+        except VLLMClientError as e:
+            raise InputError(str(e)) from None
 
     async def abort(self, request_id: str):
         await self.llm.abort(request_id)

@@ -14,7 +14,9 @@ _secrets: set[str] = set()
 
 
 def is_secret_name(name: str) -> bool:
-    return any(part in name.upper() for part in SECRET_NAME_PARTS)
+    # TOKENIZER and TOKENS (MAX_NUM_BATCHED_TOKENS) name no secret.
+    name = name.upper().replace("TOKENIZER", "").replace("TOKENS", "")
+    return any(part in name for part in SECRET_NAME_PARTS)
 
 
 def add_secret(value: str | None) -> None:

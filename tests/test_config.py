@@ -1,0 +1,127 @@
+"""Environment variables -> vLLM options and worker settings (vLLM's parser; no engine)."""
+
+import pytest
+
+import config
+import engine
+import redact
+
+PARSER = engine.arg_parser()
+TINY = "/models/tiny"
+
+
+def settings(env, **kwargs):
+    kwargs.setdefault("tiny_model", lambda: TINY)
+    return config.from_env(env, engine.arg_parser(), **kwargs)
+
+
+def test_vllm_options_by_upper_snake_name():
+    s, warnings = settings({"MODEL_NAME": "org/model", "MAX_MODEL_LEN": "4096", "MAX_NUM_SEQS": "32",
+                            "GPU_MEMORY_UTILIZATION": "0.85", "QUANTIZATION": "fp8", "KV_CACHE_DTYPE": "fp8",
+                            "ENABLE_PREFIX_CACHING": "false", "ENFORCE_EAGER": "1",
+                            "SPECULATIVE_CONFIG": '{"method": "ngram", "num_speculative_tokens": 3}'})
+    args = s.engine_args
+    assert (args.model, args.max_model_len, args.max_num_seqs) == ("org/model", 4096, 32)
+    assert args.gpu_memory_utilization == 0.85
+    assert (args.quantization, args.kv_cache_dtype) == ("fp8", "fp8")
+    assert args.enable_prefix_caching is False and args.enforce_eager is True
+    assert args.speculative_config == {"method": "ngram", "num_speculative_tokens": 3}
+    assert warnings == []
+
+
+def test_every_engine_argument_has_an_env_name():
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    names = config.env_names(PARSER)
+    options = {a.dest for a in PARSER._actions if a.option_strings}
+    fields = [f.name for f in dataclasses.fields(AsyncEngineArgs) if f.name in options]
+    assert len(fields) > 100
+    assert [f for f in fields if f not in config.NOT_FROM_ENV and f.upper() not in names] == []
+    for front_end in ("TOOL_CALL_PARSER", "ENABLE_AUTO_TOOL_CHOICE", "CHAT_TEMPLATE", "ENABLE_FORCE_INCLUDE_USAGE"):
+        assert front_end in names
+
+
+def test_aliases_and_their_precedence():
+    s, _ = settings({"MODEL": "plain/name", "MODEL_NAME": "org/model", "MODEL_REVISION": "abc123",
+                     "TOKENIZER_NAME": "org/tok", "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "my-model"})
+    args = s.engine_args
+    assert (args.model, args.revision, args.tokenizer) == ("org/model", "abc123", "org/tok")
+    assert args.served_model_name == ["my-model"]
+
+
+def test_list_options_take_json_or_words():
+    s, _ = settings({"MODEL_NAME": "m", "LORA_MODULES": '[{"name": "a", "path": "/x"}, "b=/y"]',
+                     "SERVED_MODEL_NAME": "one two"})
+    assert [m.name for m in s.engine_args.lora_modules] == ["a", "b"]
+    assert s.engine_args.served_model_name == ["one", "two"]
+
+
+def test_tensor_parallel_defaults_to_visible_gpus():
+    assert settings({"MODEL_NAME": "m"}, gpu_count=4)[0].engine_args.tensor_parallel_size == 4
+    assert settings({"MODEL_NAME": "m", "TENSOR_PARALLEL_SIZE": "2"}, gpu_count=4)[0].engine_args.tensor_parallel_size == 2
+    assert settings({"MODEL_NAME": "m"}, gpu_count=0)[0].engine_args.tensor_parallel_size == 1
+
+
+@pytest.mark.parametrize("env, fragments", [
+    ({"MAX_MODEL_LEN": "lots"}, ["MAX_MODEL_LEN='lots'", "invalid", "int"]),
+    ({"DTYPE": "float7"}, ["DTYPE='float7'", "choose from", "bfloat16"]),
+    ({"ENABLE_PREFIX_CACHING": "maybe"}, ["ENABLE_PREFIX_CACHING='maybe'", "true or false"]),
+    ({"LORA_MODULES": "[not json"}, ["LORA_MODULES", "JSON"]),
+    ({"DEFAULT_BATCH_SIZE": "0"}, ["DEFAULT_BATCH_SIZE='0'", "greater than or equal to 1"]),
+    ({"MAX_CONCURRENCY": "many"}, ["MAX_CONCURRENCY='many'", "integer"]),
+])
+def test_bad_value_is_one_line_naming_variable_value_and_allowed(env, fragments):
+    with pytest.raises(config.ConfigError) as err:
+        settings({"MODEL_NAME": "m", **env})
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_near_miss_names_get_a_suggestion():
+    _, warnings = settings({"MODEL_NAME": "m", "MAX_MODEL_LENGTH": "4096", "DEFAULT_BATCH_SIZ": "3", "PATH": "/bin"})
+    assert any("MAX_MODEL_LENGTH" in w and "MAX_MODEL_LEN" in w for w in warnings)
+    assert any("DEFAULT_BATCH_SIZ " in w and "DEFAULT_BATCH_SIZE" in w for w in warnings)
+    assert len(warnings) == 2
+
+
+def test_missing_model_name_inside_runpod_is_a_startup_error():
+    with pytest.raises(config.ConfigError, match="MODEL_NAME is not set: set it to a Hugging Face repo id"):
+        settings({"RUNPOD_POD_ID": "abc"})
+    with pytest.raises(config.ConfigError, match="MODEL_NAME"):
+        settings({"RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1/job-take/$ID"})
+
+
+def test_missing_model_name_locally_serves_the_embedded_model():
+    s, _ = settings({})
+    assert s.embedded_model
+    assert s.engine_args.model == TINY
+    assert s.engine_args.served_model_name == ["tiny-random-llama"]
+    assert s.engine_args.enforce_eager is True
+
+
+def test_worker_settings_defaults():
+    s, _ = settings({"MODEL_NAME": "m"})
+    assert (s.worker.default_batch_size, s.worker.default_min_batch_size,
+            s.worker.default_batch_size_growth_factor, s.worker.default_max_tokens) == (50, 1, 3, 512)
+    assert s.worker.max_concurrency is None
+
+
+def test_secrets_stay_out_of_argv_and_errors():
+    token = "hf_plantedTokenValue123"
+    redact.add_secret(token)
+    s, _ = settings({"MODEL_NAME": "m", "HF_TOKEN": token, "API_KEY": "sk-planted-key-456"})
+    assert s.engine_args.hf_token is None and s.engine_args.api_key is None
+    argv, _ = config.engine_argv({"MODEL_NAME": "m", "HF_TOKEN": token}, config.env_names(PARSER))
+    assert not any(token in a for a in argv)
+    with pytest.raises(config.ConfigError) as err:
+        settings({"MODEL_NAME": "m", "MAX_MODEL_LEN": token})
+    assert token not in str(err.value)
+
+
+def test_secret_names():
+    assert all(map(redact.is_secret_name, ["HF_TOKEN", "RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD"]))
+    assert not any(map(redact.is_secret_name, ["TOKENIZER_NAME", "MAX_NUM_BATCHED_TOKENS", "MODEL_NAME"]))
