@@ -70,6 +70,9 @@ def main():
             worker.engine.shutdown()
         sys.exit(code)
 
+    # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
+    if not os.environ.get("RUNPOD_LOG_LEVEL"):
+        os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
     import runpod
 
     concurrency = worker.concurrency
