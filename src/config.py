@@ -51,6 +51,9 @@ class WorkerSettings(BaseModel):
     default_max_tokens: int = Field(512, ge=1, alias="DEFAULT_MAX_TOKENS")
     max_concurrency: int | None = Field(None, ge=1, alias="MAX_CONCURRENCY")
     enable_openai_admin_routes: bool = Field(False, alias="ENABLE_OPENAI_ADMIN_ROUTES")
+    request_timeout: float | None = Field(None, gt=0, alias="REQUEST_TIMEOUT")
+    shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
+    max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
 
 
 @dataclass

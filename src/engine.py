@@ -4,10 +4,12 @@ A vLLM upgrade should touch this file only.
 """
 
 import asyncio
+import difflib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import msgspec
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -83,14 +85,39 @@ class Engine:
 
     # --- native path -------------------------------------------------------------------------
 
-    def sampling_params(self, params: dict, *, stream: bool) -> SamplingParams:
+    @property
+    def is_dead(self) -> bool:
+        return self.llm.errored
+
+    @property
+    def dead_reason(self) -> str:
+        return str(self.llm.dead_error)
+
+    def num_unfinished_requests(self) -> int:
+        return self.llm.output_processor.get_num_unfinished_requests()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.vllm_config.model_config.max_model_len
+
+    def sampling_params(self, params: dict) -> SamplingParams:
+        """vLLM's SamplingParams, streaming deltas; InputError names what vLLM refused."""
+        unknown = sorted(set(params) - set(SamplingParams.__struct_fields__))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], SamplingParams.__struct_fields__, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"sampling_params: unknown field {unknown[0]!r}{hint}")
         try:
-            sampling = SamplingParams(**params)
-        except TypeError as e:  # an unknown keyword
-            raise InputError(f"sampling_params: {str(e).split('__init__() ')[-1]}") from None
+            sampling = msgspec.convert(params, SamplingParams)  # checks types, then vLLM's own rules
+        except msgspec.ValidationError as e:
+            message, _, where = str(e).partition(" - at `$.")
+            raise InputError(f"sampling_params.{where.rstrip('`')}: {message}" if where else f"sampling_params: {e}") from None
         except (ValueError, VLLMClientError) as e:
             raise InputError(f"sampling_params: {e}") from None
-        sampling.output_kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        if sampling.max_tokens is not None and sampling.max_tokens > self.max_model_len:
+            raise InputError(f"sampling_params: max_tokens={sampling.max_tokens} cannot be greater than "
+                             f"max_model_len={self.max_model_len}")
+        sampling.output_kind = RequestOutputKind.DELTA
         return sampling
 
     async def render(self, *, prompt: str | None = None, messages: list | None = None,
@@ -125,8 +152,12 @@ class Engine:
 
     # --- OpenAI path -------------------------------------------------------------------------
 
-    async def http(self, method: str, path: str, body: dict | None, request_id: str) -> HttpResponse:
-        """Call vLLM's OpenAI app in-process, as an HTTP client would, with no socket in between."""
+    async def http(self, method: str, path: str, body: dict | None, request_id: str,
+                   on_cancel: Callable[[Callable[[], object]], None] = lambda cancel: None) -> HttpResponse:
+        """Call vLLM's OpenAI app in-process, as an HTTP client would, with no socket in between.
+
+        `on_cancel` receives a function that stops the request; if it is called before the
+        response starts, the response is an empty 499."""
         await self.ready()
         payload = b"" if body is None else json.dumps(body).encode()
         scope = {
@@ -157,9 +188,12 @@ class Engine:
                 await out.put(None)
 
         task = asyncio.create_task(run())
+        on_cancel(task.cancel)
         start = await out.get()
         if start is None:
-            await task  # raises what the app raised
+            if not task.cancelled():
+                await task  # raises what the app raised
+            start = {"status": 499, "headers": []}
         headers = dict(start.get("headers", []))
 
         async def body_chunks():

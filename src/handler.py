@@ -16,12 +16,15 @@ from pathlib import Path  # noqa: E402
 
 import config  # noqa: E402
 import errors  # noqa: E402
+import jobs  # noqa: E402
+import lifecycle  # noqa: E402
 import local_run  # noqa: E402
 import native  # noqa: E402
 import openai_path  # noqa: E402
 
 log = logging.getLogger("worker")
 worker = None  # set by main(), or by a caller that drives the handler itself (bench/, tests/)
+in_flight = jobs.InFlight()
 
 
 def path_for(job_input):
@@ -40,8 +43,23 @@ async def handler(job: dict):
         yield {"error": 'input must be an object with "prompt" or "messages" (native) or '
                         '"openai_route" and "openai_input" (OpenAI)'}
         return
-    async for item in path(worker, job["input"], job["id"]):
-        yield item
+    job_input = job["input"]
+    current = jobs.Job(job["id"], job_input.get("openai_route") or "native")
+    in_flight.add(current)
+    status = "cancelled"  # unless the job gets to the end
+    try:
+        async for item in path(worker, job_input, current):
+            current.saw(item)
+            yield item
+        status = None
+    except Exception as e:  # noqa: BLE001 - the job fails with one line; the log keeps the traceback
+        log.exception("job %s failed", current.id)
+        reason = f"vLLM engine died: {worker.engine.dead_reason}" if worker.engine.is_dead else errors.describe(e)
+        status = "error"
+        yield {"error": f"{type(e).__name__}: {reason}"}
+    finally:
+        in_flight.remove(current)
+        current.finish(status)
 
 
 def main():
@@ -76,13 +94,26 @@ def main():
     import runpod
 
     concurrency = worker.concurrency
+    grace = worker.settings.worker.shutdown_grace_seconds
+
+    sigterm_hooked = []
+
+    def concurrency_modifier(_current: int) -> int:
+        # First called on the SDK's loop, in the main thread, after the SDK set its SIGTERM handler.
+        if not sigterm_hooked:
+            lifecycle.graceful_sigterm(asyncio.get_running_loop(), in_flight, grace)
+            sigterm_hooked.append(True)
+        # A constant: the SDK stops fetching until no job is in flight whenever this changes.
+        return concurrency
+
+    lifecycle.exit_when_engine_dies(worker.engine, in_flight)
     log.info("ready: model %s, taking %d jobs at once", worker.engine.served_model_names[0], concurrency)
     runpod.serverless.start({
         "handler": handler,
         "return_aggregate_stream": True,
-        # A constant: the SDK stops fetching until no job is in flight whenever this changes.
-        "concurrency_modifier": lambda _current: concurrency,
+        "concurrency_modifier": concurrency_modifier,
     })
+    worker.engine.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,20 +1,34 @@
 """The native path: `prompt` or `messages` with vLLM sampling params, streamed as token batches."""
 
+import json
+import logging
+import sys
 from collections.abc import AsyncIterator
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 import errors
+import limits
 from batching import BatchSizes, batched
+
+log = logging.getLogger("worker.native")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict] | None = None
 
 
 class NativeInput(BaseModel):
-    """A native job's input."""
+    """A native job's input. Unknown keys are ignored with a warning."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
 
     prompt: str | None = None
-    messages: list[dict] | None = Field(None, min_length=1)
+    messages: list[Message] | None = Field(None, min_length=1)
     sampling_params: dict = Field(default_factory=dict)
     stream: StrictBool = False
     apply_chat_template: StrictBool = False
@@ -22,6 +36,7 @@ class NativeInput(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     min_batch_size: int | None = Field(None, ge=1)
     batch_size_growth_factor: float | None = Field(None, ge=1)
+    request_timeout: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_prompt(self):
@@ -30,51 +45,68 @@ class NativeInput(BaseModel):
         return self
 
 
-def _usage(prompt_tokens: int, output_tokens: int) -> dict:
-    return {"input": prompt_tokens, "output": output_tokens}
+WHOLE = BatchSizes(sys.maxsize, sys.maxsize)  # one batch at the end: a non-streaming job
 
 
-async def run(worker, job_input: dict, request_id: str) -> AsyncIterator[dict]:
+def batch_sizes(request, defaults) -> BatchSizes:
+    """The job's stream batch sizes: its own knobs, else the worker's defaults."""
+    return BatchSizes(request.min_batch_size or defaults.default_min_batch_size,
+                      request.max_batch_size or defaults.default_batch_size,
+                      request.batch_size_growth_factor or defaults.default_batch_size_growth_factor)
+
+
+async def run(worker, job_input: dict, job) -> AsyncIterator[dict]:
     """Yields token batches (stream) or one object with the full text; {"error": ...} for bad input."""
     try:
-        async for item in _generate(worker, job_input, request_id):
+        async for item in _generate(worker, job_input, job):
             yield item
     except ValueError as e:  # pydantic's ValidationError, vLLM's refusals (engine.InputError)
         yield {"error": errors.describe(e)}
 
 
-async def _generate(worker, job_input: dict, request_id: str) -> AsyncIterator[dict]:
-    request = NativeInput.model_validate(job_input)
+async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
     defaults = worker.settings.worker
-    params = {"max_tokens": defaults.default_max_tokens, **request.sampling_params}
-    sampling = worker.engine.sampling_params(params, stream=request.stream)
-    messages = request.messages
+    limits.check_text(job_input, defaults.max_input_chars)
+    request = NativeInput.model_validate(job_input)
+    if request.model_extra:
+        log.warning("job %s: ignored unknown input keys %s", job.id, sorted(request.model_extra))
+    limits.check_stop(request.sampling_params.get("stop"), "sampling_params.stop")
+    engine = worker.engine
+    sampling = engine.sampling_params({"max_tokens": defaults.default_max_tokens, **request.sampling_params})
+    messages = request.messages and [m.model_dump(exclude_none=True) for m in request.messages]
     if messages is None and request.apply_chat_template:
         messages = [{"role": "user", "content": request.prompt}]
-    engine_input = await worker.engine.render(prompt=request.prompt, messages=messages,
-                                              chat_template_kwargs=request.chat_template_kwargs)
-    outputs = worker.engine.generate(engine_input, sampling, request_id)
+    engine_input = await engine.render(prompt=request.prompt, messages=messages,
+                                       chat_template_kwargs=request.chat_template_kwargs)
+    job.on_abort(lambda: engine.abort(job.id))
+    job.set_timeout(request.request_timeout or defaults.request_timeout)
+    outputs = engine.generate(engine_input, sampling, job.id)
 
-    if not request.stream:
-        async for final in outputs:
-            choices = [{"index": o.index, "text": o.text, "finish_reason": o.finish_reason}
-                       for o in sorted(final.outputs, key=lambda o: o.index)]
-            generated = sum(len(o.token_ids) for o in final.outputs)
-            yield {"choices": choices, "usage": _usage(len(final.prompt_token_ids), generated)}
-        return
-
-    sizes = BatchSizes(request.min_batch_size or defaults.default_min_batch_size,
-                       request.max_batch_size or defaults.default_batch_size,
-                       request.batch_size_growth_factor or defaults.default_batch_size_growth_factor)
-    generated = 0
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    prompt_tokens = generated = 0
+    sizes = batch_sizes(request, defaults) if request.stream else WHOLE
     async for batch in batched(outputs, sizes, weight=lambda out: max((len(o.token_ids) for o in out.outputs), default=0)):
         choices: dict[int, dict] = {}
         for out in batch:
+            prompt_tokens = len(out.prompt_token_ids)
             for o in out.outputs:
                 choice = choices.setdefault(o.index, {"index": o.index, "tokens": [], "finish_reason": None})
                 if o.text:
                     choice["tokens"].append(o.text)
-                choice["finish_reason"] = o.finish_reason
+                    texts.setdefault(o.index, []).append(o.text)
+                choice["finish_reason"] = finish[o.index] = o.finish_reason
                 generated += len(o.token_ids)
-        yield {"choices": [choices[i] for i in sorted(choices)],
-               "usage": _usage(len(batch[0].prompt_token_ids), generated)}
+        if request.stream and not job.abort_reason:
+            yield {"choices": [choices[i] for i in sorted(choices)], "usage": _usage(prompt_tokens, generated)}
+
+    result = {"choices": [{"index": i, "text": "".join(texts.get(i, [])), "finish_reason": finish.get(i)}
+                          for i in sorted(finish)], "usage": _usage(prompt_tokens, generated)}
+    if job.abort_reason:
+        yield {"error": f"{job.abort_reason}; generation was aborted. Partial output: {json.dumps(result)}"}
+    elif not request.stream:
+        yield result
+
+
+def _usage(prompt_tokens: int, output_tokens: int) -> dict:
+    return {"input": prompt_tokens, "output": output_tokens}

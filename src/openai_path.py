@@ -7,10 +7,12 @@ stream is yielded as items of whole SSE events, grouped like native token batche
 import json
 from collections.abc import AsyncIterator
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 import errors
-from batching import BatchSizes, batched
+import limits
+import native
+from batching import batched
 
 ROUTES = {
     "/v1/chat/completions": "POST",
@@ -53,6 +55,7 @@ class OpenAIInput(BaseModel):
     max_batch_size: int | None = Field(None, ge=1)
     min_batch_size: int | None = Field(None, ge=1)
     batch_size_growth_factor: float | None = Field(None, ge=1)
+    request_timeout: float | None = Field(None, gt=0)
 
 
 def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -84,11 +87,14 @@ def _carries_output(event: bytes) -> int:
                    for c in choices))
 
 
-async def run(worker, job_input: dict, request_id: str) -> AsyncIterator:
+async def run(worker, job_input: dict, job) -> AsyncIterator:
     """Yields vLLM's JSON answer, or its SSE stream as text items, or an OpenAI error object."""
+    defaults = worker.settings.worker
     try:
+        limits.check_text(job_input, defaults.max_input_chars)
         request = OpenAIInput.model_validate(job_input)
-    except ValidationError as e:
+        limits.check_stop((request.openai_input or {}).get("stop"), "openai_input.stop")
+    except ValueError as e:  # pydantic's ValidationError is one
         yield error(errors.describe(e))
         return
     routes = ROUTES | (ADMIN_ROUTES if worker.settings.worker.enable_openai_admin_routes else {})
@@ -104,9 +110,14 @@ async def run(worker, job_input: dict, request_id: str) -> AsyncIterator:
         if request.openai_route == "/v1/completions":
             body.setdefault("max_tokens", worker.settings.worker.default_max_tokens)
 
-    response = await worker.engine.http(method, request.openai_route, body, request_id)
+    job.set_timeout(request.request_timeout or defaults.request_timeout)
+    response = await worker.engine.http(method, request.openai_route, body, job.id, on_cancel=job.on_abort)
     if not response.content_type.startswith("text/event-stream"):
-        payload = json.loads(b"".join([chunk async for chunk in response.body]) or b"null")
+        content = b"".join([chunk async for chunk in response.body])
+        if job.abort_reason:
+            yield _aborted(job, "the request was aborted")
+            return
+        payload = json.loads(content or b"null")
         if response.status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             payload["error"] = OpenAIError(payload["error"])
         elif response.status >= 400:
@@ -114,9 +125,13 @@ async def run(worker, job_input: dict, request_id: str) -> AsyncIterator:
         yield payload
         return
 
-    defaults = worker.settings.worker
-    sizes = BatchSizes(request.min_batch_size or defaults.default_min_batch_size,
-                       request.max_batch_size or defaults.default_batch_size,
-                       request.batch_size_growth_factor or defaults.default_batch_size_growth_factor)
-    async for batch in batched(_sse_events(response.body), sizes, weight=_carries_output):
+    async for batch in batched(_sse_events(response.body), native.batch_sizes(request, defaults),
+                               weight=_carries_output):
         yield b"".join(batch).decode()
+    if job.abort_reason:  # what was streamed is the partial output
+        yield _aborted(job, "the stream was cut short")
+
+
+def _aborted(job, what: str) -> dict:
+    status, kind = (408, "TimeoutError") if job.timed_out else (503, "ServiceUnavailableError")
+    return error(f"{job.abort_reason}; {what}", status, kind=kind)
