@@ -156,8 +156,8 @@ class Engine:
                    on_cancel: Callable[[Callable[[], object]], None] = lambda cancel: None) -> HttpResponse:
         """Call vLLM's OpenAI app in-process, as an HTTP client would, with no socket in between.
 
-        `on_cancel` receives a function that stops the request; if it is called before the
-        response starts, the response is an empty 499."""
+        `on_cancel` receives a function that stops the request, as a client's disconnect does; if
+        it is called before the response starts, the response is an empty 499."""
         await self.ready()
         payload = b"" if body is None else json.dumps(body).encode()
         scope = {
@@ -188,17 +188,19 @@ class Engine:
                 await out.put(None)
 
         task = asyncio.create_task(run())
-        on_cancel(task.cancel)
+        on_cancel(disconnected.set)  # vLLM aborts the request when its client disconnects
         start = await out.get()
-        if start is None:
-            if not task.cancelled():
-                await task  # raises what the app raised
+        ended = start is None  # the app stopped without answering: cancelled, or it raised
+        if ended:
+            await asyncio.gather(task, return_exceptions=True)
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()
             start = {"status": 499, "headers": []}
         headers = dict(start.get("headers", []))
 
         async def body_chunks():
             try:
-                while (message := await out.get()) is not None:
+                while not ended and (message := await out.get()) is not None:
                     if message.get("body"):
                         yield message["body"]
                     if not message.get("more_body", False):

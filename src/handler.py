@@ -106,13 +106,14 @@ def main():
         # A constant: the SDK stops fetching until no job is in flight whenever this changes.
         return concurrency
 
-    lifecycle.exit_when_engine_dies(worker.engine, in_flight)
+    watchdog = lifecycle.exit_when_engine_dies(worker.engine, in_flight)
     log.info("ready: model %s, taking %d jobs at once", worker.engine.served_model_names[0], concurrency)
     runpod.serverless.start({
         "handler": handler,
         "return_aggregate_stream": True,
         "concurrency_modifier": concurrency_modifier,
     })
+    watchdog.set()
     worker.engine.shutdown()
 
 

@@ -9,13 +9,16 @@ import time
 log = logging.getLogger("worker")
 
 
-def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2.0) -> None:
+def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2.0) -> threading.Event:
     """Exit 1 once the engine is dead, so Runpod replaces this worker instead of sending it jobs
-    that fail at once. Jobs in flight get `drain` seconds to report their error first."""
+    that fail at once. Jobs in flight get `drain` seconds to report their error first.
+    Set the returned event before shutting the engine down on purpose."""
+    stopping = threading.Event()
 
     def watch():
         while not engine.is_dead:
-            time.sleep(poll)
+            if stopping.wait(poll):
+                return
         log.error("vLLM engine died (%s); exiting so that Runpod starts a new worker", engine.dead_reason)
         deadline = time.monotonic() + drain
         while len(in_flight) and time.monotonic() < deadline:
@@ -25,6 +28,7 @@ def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2
         os._exit(1)
 
     threading.Thread(target=watch, name="engine-watchdog", daemon=True).start()
+    return stopping
 
 
 def graceful_sigterm(loop, in_flight, grace: float) -> None:

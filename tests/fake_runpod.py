@@ -1,0 +1,87 @@
+"""A fake Runpod job API on 127.0.0.1, and a worker process that takes its jobs from it."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeRunpod:
+    """Hands out `jobs` once through job-take, and records what the worker streams and reports."""
+
+    def __init__(self, jobs: list[dict]):
+        self.queue = list(jobs)
+        self.batch_sizes, self.streamed, self.done = [], {}, {}
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_get("/job-take/{worker}", self.take)
+        app.router.add_get("/job-take-batch/{worker}", self.take)
+        app.router.add_get("/job-stop/{worker}", self.stop)
+        app.router.add_post("/job-stream/{worker}/{job}", self.stream)
+        app.router.add_post("/job-done/{worker}/{job}", self.finish)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    async def take(self, request):
+        size = int(request.query.get("batch_size", 1))
+        self.batch_sizes.append(size)
+        jobs, self.queue = self.queue[:size], self.queue[size:]
+        if not jobs:
+            return web.Response(status=204)
+        return web.json_response(jobs if "batch" in request.path else jobs[0])
+
+    async def stop(self, request):
+        await asyncio.sleep(1)
+        return web.Response(status=204)
+
+    async def stream(self, request):
+        self.streamed.setdefault(request.match_info["job"], []).append(json.loads(await request.text()))
+        return web.json_response({})
+
+    async def finish(self, request):
+        self.done[request.match_info["job"]] = json.loads(await request.text())
+        return web.json_response({})
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
+    """`python src/handler.py` as Runpod starts it, taking jobs from `fake`; its log goes to a file."""
+    base = f"http://127.0.0.1:{fake.port}"
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | {
+        "MODEL_NAME": str(tiny_model.ensure()), "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048",
+        "RUNPOD_POD_ID": "test-worker", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+        "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=cpu",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
+        "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu",
+    } | env
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "handler.py")], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

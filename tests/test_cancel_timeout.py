@@ -1,0 +1,95 @@
+"""Cancellation and per-request timeouts abort vLLM's work, through the real engine; every job
+leaves one log line."""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+import pytest
+
+import handler
+
+LONG = {"max_tokens": 2000, "ignore_eos": True}
+CHAT = [{"role": "user", "content": "hi"}]
+
+
+def cancel_after_first_item(engine_loop, worker, job_input) -> float:
+    """Start a job, cancel its task after its first item; seconds until vLLM has no request left."""
+
+    async def scenario():
+        first = asyncio.Event()
+
+        async def consume():
+            async for _ in handler.handler({"id": f"cancel-{uuid.uuid4().hex[:8]}", "input": job_input}):
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), 60)
+        assert worker.engine.num_unfinished_requests() == 1
+        task.cancel()
+        cancelled = time.monotonic()
+        while worker.engine.num_unfinished_requests():
+            await asyncio.sleep(0.01)
+        return time.monotonic() - cancelled
+
+    return engine_loop.run(scenario())
+
+
+@pytest.mark.parametrize("job_input", [
+    {"prompt": "hello", "stream": True, "sampling_params": LONG},
+    {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, "stream": True, **LONG}},
+], ids=["native", "openai"])
+def test_a_cancelled_job_aborts_its_vllm_request_within_1_s(engine_loop, worker, job_input):
+    assert cancel_after_first_item(engine_loop, worker, job_input) < 1
+
+
+def test_native_timeout_ends_with_an_error_and_the_partial_output(run_job, worker):
+    items = run_job({"prompt": "hello", "stream": True, "request_timeout": 0.5, "sampling_params": LONG})
+    *streamed, last = items
+    assert streamed and all("choices" in item for item in streamed)
+    assert last["error"].startswith("timed out after 0.5 s (REQUEST_TIMEOUT or request_timeout); generation was aborted")
+    partial = json.loads(last["error"].split("Partial output: ", 1)[1])
+    assert 0 < partial["usage"]["output"] < 2000
+    assert partial["choices"][0]["finish_reason"] == "abort"
+    assert worker.engine.num_unfinished_requests() == 0
+
+
+def test_native_timeout_without_stream_returns_the_partial_text(run_job):
+    (item,) = run_job({"prompt": "hello", "request_timeout": 0.5, "sampling_params": LONG})
+    partial = json.loads(item["error"].split("Partial output: ", 1)[1])
+    assert partial["choices"][0]["text"] and 0 < partial["usage"]["output"] < 2000
+
+
+def test_openai_stream_timeout_ends_with_a_408_error_after_whole_events(run_job, worker):
+    items = run_job({"openai_route": "/v1/chat/completions", "request_timeout": 0.5,
+                     "openai_input": {"messages": CHAT, "stream": True, **LONG}})
+    *streamed, last = items
+    assert streamed and all(s.startswith("data: ") and s.endswith("\n\n") for s in streamed)
+    assert last["error"]["code"] == 408 and "timed out after 0.5 s" in last["error"]["message"]
+    assert worker.engine.num_unfinished_requests() == 0
+
+
+def test_openai_timeout_without_stream(run_job, worker):
+    (item,) = run_job({"openai_route": "/v1/chat/completions", "request_timeout": 0.5,
+                       "openai_input": {"messages": CHAT, **LONG}})
+    assert item["error"]["code"] == 408
+    assert worker.engine.num_unfinished_requests() == 0
+
+
+def test_request_timeout_from_the_environment(run_job, worker, monkeypatch):
+    monkeypatch.setattr(worker.settings.worker, "request_timeout", 0.5)
+    (item,) = run_job({"prompt": "hello", "sampling_params": LONG})
+    assert item["error"].startswith("timed out after 0.5 s")
+
+
+def test_each_job_logs_one_line(run_job, caplog):
+    with caplog.at_level(logging.INFO, logger="worker.jobs"):
+        run_job({"prompt": "hello", "sampling_params": {"max_tokens": 7, "ignore_eos": True}}, job_id="log-me")
+        run_job({"prompt": "hello", "sampling_params": {"temperature": -2}}, job_id="log-bad")
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.jobs"]
+    assert len(lines) == 2
+    assert lines[0].startswith("job log-me route=native prompt_tokens=")
+    assert "output_tokens=7 ttft=" in lines[0] and lines[0].endswith("status=ok")
+    assert lines[1].startswith("job log-bad route=native") and lines[1].endswith("status=error")

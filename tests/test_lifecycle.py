@@ -1,0 +1,68 @@
+"""The worker process under the runpod SDK: SIGTERM, engine death, start-up failure."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from fake_runpod import ROOT, FakeRunpod, start_worker, wait_for
+
+
+def long_job(job_id: str, max_tokens: int = 2000) -> dict:
+    return {"id": job_id, "input": {"prompt": "hello", "stream": True, "max_batch_size": 4,
+                                    "sampling_params": {"max_tokens": max_tokens, "ignore_eos": True}}}
+
+
+def test_sigterm_finishes_short_jobs_aborts_long_ones_after_the_grace_and_exits_0(tmp_path):
+    fake = FakeRunpod([long_job("long"), long_job("short", 40)])
+    proc, log_path = start_worker(fake, tmp_path, {"SHUTDOWN_GRACE_SECONDS": "0.5"})
+    try:
+        assert wait_for(lambda: "long" in fake.streamed and "short" in fake.streamed, 300), log_path.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.5)  # a job-take request already under way may still bring jobs
+        fake.queue.append(long_job("after-sigterm", 4))
+        assert proc.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+        assert time.monotonic() - signalled < 20
+    finally:
+        proc.kill()
+        fake.close()
+    assert "error" not in fake.done["short"] and fake.done["short"]["output"][-1]["usage"]["output"] == 40
+    error = fake.done["long"]["error"]
+    assert error.startswith("the worker is shutting down; generation was aborted. Partial output:")
+    assert fake.queue == [long_job("after-sigterm", 4)], "took a job after SIGTERM"
+
+
+def test_engine_death_fails_jobs_in_flight_and_exits_non_zero_within_5_s(tmp_path):
+    fake = FakeRunpod([long_job("victim")])
+    proc, log_path = start_worker(fake, tmp_path, {})
+    try:
+        assert wait_for(lambda: "victim" in fake.streamed, 300), log_path.read_text()[-3000:]
+        cores = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+        assert cores, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
+        for core in cores:
+            core.kill()
+        killed = time.monotonic()
+        code = proc.wait(timeout=30)
+        exited_after = time.monotonic() - killed
+    finally:
+        proc.kill()
+        fake.close()
+    assert code != 0
+    assert exited_after < 5, f"exited {exited_after:.1f} s after the engine died"
+    assert "engine" in fake.done["victim"]["error"].lower(), fake.done["victim"]
+    assert "vLLM engine died" in log_path.read_text()
+
+
+def test_startup_failure_is_one_line_with_the_cause(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")}
+    env |= {"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "handler.py"), "--test_input", '{"input": {"prompt": "x"}}'],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("startup failed: ") and "no-such-model" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
