@@ -5,6 +5,7 @@ scanned for the secrets planted in its environment.
 """
 
 import json
+import re
 import signal
 
 from fake_runpod import FakeRunpod, start_worker, wait_for
@@ -59,5 +60,6 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
 
     log = log_path.read_text()
     assert "ready: model" in log
+    assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s; ready [\d.]+ s", log)
     for name, value in SECRETS.items():
         assert value not in log, f"{name} leaked into the worker's log"
