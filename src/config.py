@@ -21,6 +21,7 @@ ALIASES = {
     "MODEL_REVISION": "revision",
     "TOKENIZER_NAME": "tokenizer",
     "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "served_model_name",
+    "CUSTOM_CHAT_TEMPLATE": "chat_template",  # a template string or a path, like --chat-template
 }
 # Options of the HTTP server that make no sense in-process, or that other software sets
 # (PORT, HOST, CONFIG), and HF_TOKEN, which huggingface_hub reads from the environment itself.

@@ -76,15 +76,14 @@ def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def _carries_output(event: bytes) -> int:
-    """0 for a chat stream's opening event (role only, no text), else 1."""
+    """0 for a chat stream's opening event (the role, no text yet), else 1."""
     if b'"role"' not in event:
         return 1
     try:
         choices = json.loads(event[len(b"data: "):]).get("choices") or [{}]
     except ValueError:
         return 1
-    return int(any((c.get("delta") or {}).get("content") or (c.get("delta") or {}).get("tool_calls")
-                   for c in choices))
+    return int(any(value for c in choices for key, value in (c.get("delta") or {}).items() if key != "role"))
 
 
 async def run(worker, job_input: dict, job) -> AsyncIterator:

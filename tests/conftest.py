@@ -44,6 +44,8 @@ class EngineLoop:
 SESSION_ENV = {
     "ENFORCE_EAGER": "true",
     "MAX_MODEL_LEN": "2048",
+    "ENABLE_AUTO_TOOL_CHOICE": "true",
+    "TOOL_CALL_PARSER": "hermes",
 }
 
 
@@ -78,3 +80,23 @@ def run_job(worker, engine_loop):
         return engine_loop.collect(handler.handler(job))
 
     return run
+
+
+@pytest.fixture(scope="session")
+def endpoint(worker, engine_loop):
+    """src/serve.py's app on 127.0.0.1 (a free port), on the session engine; yields its base URL."""
+    from aiohttp import web
+
+    import handler
+    import serve
+
+    async def start():
+        runner = web.AppRunner(serve.create_app(handler.handler, worker.concurrency, runsync_timeout=60))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]
+
+    runner, port = engine_loop.run(start())
+    yield f"http://127.0.0.1:{port}/v2/local"
+    engine_loop.run(runner.cleanup())
