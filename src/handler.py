@@ -21,6 +21,7 @@ import lifecycle  # noqa: E402
 import local_run  # noqa: E402
 import native  # noqa: E402
 import openai_path  # noqa: E402
+import storage  # noqa: E402
 
 log = logging.getLogger("worker")
 worker = None  # set by main(), or by a caller that drives the handler itself (bench/, tests/)
@@ -66,6 +67,7 @@ def main():
     global worker
     import worker as worker_module
 
+    os.environ.update(storage.cache_env(os.environ))  # before vLLM and huggingface_hub read them
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import psutil
 
+import baked
 import config
 import engine
 import tiny_model
@@ -33,7 +34,7 @@ def start(env=os.environ) -> Worker:
     (weight load, torch.compile, CUDA graphs, KV cache profiling)."""
     imports = time.time() - psutil.Process().create_time()
     began = time.monotonic()
-    settings, warnings = config.from_env(env, engine.arg_parser(), gpu_count=engine.gpu_count(),
+    settings, warnings = config.from_env(baked.apply(env), engine.arg_parser(), gpu_count=engine.gpu_count(),
                                          tiny_model=lambda: str(tiny_model.ensure()))
     for warning in warnings:
         log.warning(warning)

@@ -1,0 +1,30 @@
+# The runtime image: downloads the model at start, or reads it from a network volume.
+#   docker build -t runpod-worker-vllm .
+FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HF_HUB_ENABLE_HF_TRANSFER=1 \
+    # FlashInfer's sampler JIT-compiles for minutes at the first start; PyPI's prebuilt kernels
+    # (flashinfer-cubin 0.6.13) do not match the FlashInfer vLLM 0.32 pins (0.7.0.post1).
+    VLLM_USE_FLASHINFER_SAMPLER=0
+
+# Ubuntu 24.04's Python is 3.12; Triton builds its launchers with gcc and the Python headers.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv
+
+COPY requirements.txt /requirements.txt
+RUN pip install -r /requirements.txt
+
+COPY src /src
+COPY builder /builder
+# The same script CI runs on the source tree: byte-compiles it and checks that it imports.
+RUN bash /builder/check_source.sh /src
+
+WORKDIR /
+CMD ["python3", "/src/handler.py"]

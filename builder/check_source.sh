@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Byte-compiles the worker's source and checks that its modules import (without starting vLLM).
+# The Dockerfile runs it at build time; the test suite runs it on the repository's src/.
+set -euo pipefail
+src="${1:?usage: check_source.sh SRC_DIR}"
+python3 -m compileall -q "$src"
+cd "$src"
+python3 -c "import config, errors, handler, jobs, limits, native, openai_path, serve, baked, storage"

@@ -1,0 +1,91 @@
+"""The images without a Docker engine: hadolint, COPY sources, the shared build script, and the
+Hub listing's variables against the ones the worker reads."""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import config
+import engine
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.baked"]
+HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
+HUB_ENV = {item["key"]: item["input"] for item in HUB["config"]["env"]}
+# Read outside config.py: by huggingface_hub, the logging set-up and the runpod SDK.
+READ_ELSEWHERE = {"HF_TOKEN", "LOG_LEVEL", "RUNPOD_LOG_LEVEL", "BAKED_MODEL_MANIFEST"}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint(dockerfile):
+    hadolint = Path(sys.executable).with_name("hadolint")
+    proc = subprocess.run([str(hadolint), str(dockerfile)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_copy_source_exists():
+    sources = [src for path in DOCKERFILES for line in path.read_text().splitlines()
+               if line.startswith("COPY ") for src in line.split()[1:-1] if not src.startswith("--")]
+    assert sources
+    assert [s for s in sources if not (ROOT / s).exists()] == []
+
+
+def test_the_dockerfile_runs_the_script_ci_runs():
+    runs = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if "check_source.sh" in line]
+    assert runs == ["RUN bash /builder/check_source.sh /src"]
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(ROOT / "builder" / "check_source.sh"), str(ROOT / "src")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_secret_in_args_or_env():
+    for path in DOCKERFILES:
+        for line in path.read_text().splitlines():
+            if line.startswith(("ARG", "ENV")):
+                assert "HF_TOKEN" not in line and "SECRET" not in line, line
+    assert "--mount=type=secret,id=HF_TOKEN" in (ROOT / "Dockerfile.baked").read_text()
+
+
+def test_weights_stay_outside_the_volume_mount():
+    text = (ROOT / "Dockerfile.baked").read_text()
+    assert "--dest /models" in text and "/runpod-volume" not in text.split("RUN", 1)[1]
+
+
+def test_hub_variables_are_ones_the_worker_reads_with_the_same_defaults():
+    parser = engine.arg_parser()
+    names = config.env_names(parser)
+    worker_fields = {f.alias: f for f in config.WorkerSettings.model_fields.values()}
+    assert [k for k in HUB_ENV if k not in names and k not in worker_fields and k not in READ_ELSEWHERE] == []
+    for key, spec in HUB_ENV.items():
+        if "default" not in spec:
+            continue
+        if key in worker_fields:
+            assert spec["default"] == worker_fields[key].default, key
+        elif key in names:
+            default = names[key].default
+            if default == argparse.SUPPRESS:  # vLLM sets nothing unless asked
+                continue
+            if spec["type"] == "boolean" and default is None:  # unset: vLLM reads it as off
+                default = False
+            assert spec["default"] == default, key
+
+
+def test_documented_variables_are_in_the_hub_listing():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, flags=re.M))
+    assert len(documented) > 15
+    assert sorted(documented - set(HUB_ENV)) == []
+
+
+def test_hub_tests_are_jobs_the_handler_routes():
+    import handler
+
+    tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())["tests"]
+    assert {handler.path_for(t["input"]).__module__ for t in tests} == {"native", "openai_path"}
