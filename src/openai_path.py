@@ -119,8 +119,13 @@ async def run(worker, job_input: dict, job) -> AsyncIterator:
         payload = json.loads(content or b"null")
         if response.status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             payload["error"] = OpenAIError(payload["error"])
+        elif response.status == 404:  # vLLM's app has no such route for this model's tasks
+            payload = error(f"openai_route {request.openai_route!r} is not served for this model "
+                            "(completions and chat need a generative model, embeddings a pooling model): "
+                            f"{_detail(payload)}", 404, "openai_route", "NotFoundError")
         elif response.status >= 400:
-            payload = error(str(payload), response.status)
+            payload = error(_detail(payload), response.status,
+                            kind="BadRequestError" if response.status < 500 else "InternalServerError")
         yield payload
         return
 
@@ -129,6 +134,12 @@ async def run(worker, job_input: dict, job) -> AsyncIterator:
         yield b"".join(batch).decode()
     if job.abort_reason:  # what was streamed is the partial output
         yield _aborted(job, "the stream was cut short")
+
+
+def _detail(payload) -> str:
+    """The message of an error body that is not an OpenAI error object (FastAPI's {"detail": ...})."""
+    detail = payload.get("detail", payload) if isinstance(payload, dict) else payload
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 def _aborted(job, what: str) -> dict:

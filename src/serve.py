@@ -114,13 +114,12 @@ async def _openai_response(request, job: Job) -> web.StreamResponse:
     while True:
         items = await _new_items(job, wait=3600)
         for item in items:
-            if isinstance(item, dict):  # a JSON answer, or an OpenAI error object
-                error = item.get("error")
-                code = error.get("code") if isinstance(error, dict) else None
+            if isinstance(item, dict):  # a JSON answer, or an error
+                item, status = _openai_body(item)
                 if response is not None:  # an error after the stream began: close it
                     await response.write(f"data: {json.dumps(item)}\n\n".encode())
                     return response
-                return web.json_response(item, status=code if isinstance(code, int) else 200)
+                return web.json_response(item, status=status)
             if response is None:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                        "Cache-Control": "no-cache"})
@@ -132,6 +131,17 @@ async def _openai_response(request, job: Job) -> web.StreamResponse:
         return web.json_response(job.describe(), status=500)
     await response.write_eof()
     return response
+
+
+def _openai_body(item: dict) -> tuple[dict, int]:
+    """A yielded dict as an OpenAI response body and status: an OpenAI error object keeps the
+    status vLLM chose; any other error (the handler failed) becomes a 500 in the same shape."""
+    error = item.get("error")
+    if not error:
+        return item, 200
+    if isinstance(error, dict) and isinstance(error.get("code"), int):
+        return item, error["code"]
+    return {"error": {"message": str(error), "type": "InternalServerError", "param": None, "code": 500}}, 500
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -221,7 +231,6 @@ def create_app(handler, concurrency: int, api_key: str | None = None, runsync_ti
     app.router.add_post(f"{PREFIX}/cancel/{{id}}", cancel)
     app.router.add_get(f"{PREFIX}/health", health)
     app.router.add_route("*", f"{PREFIX}/openai/v1/{{path:.+}}", openai)
-    app["jobs"] = jobs
     return app
 
 

@@ -5,6 +5,7 @@ one loop that runs in a background thread: `run(coro)` and `collect(async_iterat
 """
 
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -19,6 +20,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
 for marker in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB"):
     os.environ.pop(marker, None)
+
+import tiny_model
 
 
 class EngineLoop:
@@ -39,13 +42,25 @@ class EngineLoop:
         return self.run(gather(), timeout)
 
 
+# The embedded model's own chat template, plus a thinking mode a request can switch on: without
+# {"thinking": true} it renders exactly as the model's template does.
+THINKING_TEMPLATE = tiny_model.CHAT_TEMPLATE + "{% if add_generation_prompt and thinking %}{{ '<think>\n' }}{% endif %}"
+LORA_NAME = "tiny-lora"
+
 # The session engine's settings, as a user would set them in the endpoint's environment.
 # Features that need an engine flag are switched on here, so one engine serves every test.
 SESSION_ENV = {
     "ENFORCE_EAGER": "true",
     "MAX_MODEL_LEN": "2048",
+    "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "tiny-random-llama",
     "ENABLE_AUTO_TOOL_CHOICE": "true",
     "TOOL_CALL_PARSER": "hermes",
+    # Reasons only when a request asks (chat_template_kwargs {"thinking": true}), like DeepSeek V3.
+    "REASONING_PARSER": "deepseek_v3",
+    "CUSTOM_CHAT_TEMPLATE": THINKING_TEMPLATE,
+    "ENABLE_FORCE_INCLUDE_USAGE": "true",
+    "ENABLE_LORA": "true",
+    "MAX_LORA_RANK": "8",
 }
 
 
@@ -56,13 +71,44 @@ def engine_loop():
     loop.loop.call_soon_threadsafe(loop.loop.stop)
 
 
+def write_tiny_lora(path: Path, rank: int = 8) -> Path:
+    """A LoRA adapter for the tiny model (q_proj and v_proj of each layer), small random weights."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model.ensure())
+    hidden, kv = config.hidden_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    generator = torch.Generator().manual_seed(1)
+    tensors = {}
+    for layer in range(config.num_hidden_layers):
+        for proj, out in (("q_proj", hidden), ("v_proj", kv)):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, generator=generator) * 0.1
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out, rank, generator=generator) * 0.1
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 16, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none", "fan_in_fan_out": False,
+        "base_model_name_or_path": str(tiny_model.ensure())}))
+    return path
+
+
 @pytest.fixture(scope="session")
-def worker(engine_loop):
+def lora_env(tmp_path_factory) -> dict:
+    """LORA_MODULES for the session engine: one static adapter built at session start."""
+    adapter = write_tiny_lora(tmp_path_factory.mktemp("lora") / LORA_NAME)
+    return {"LORA_MODULES": json.dumps([{"name": LORA_NAME, "path": str(adapter)}])}
+
+
+@pytest.fixture(scope="session")
+def worker(engine_loop, lora_env):
     """The started worker, serving the embedded tiny model; handler.handler routes to it."""
     import handler
     import worker as worker_module
 
-    env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | SESSION_ENV
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | SESSION_ENV | lora_env
     started = worker_module.start(env)
     handler.worker = started
     engine_loop.run(started.engine.ready())

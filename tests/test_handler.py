@@ -22,7 +22,7 @@ def test_unknown_shape_fails_with_what_is_expected(run_job):
 
 def test_openai_models(run_job):
     (item,) = run_job({"openai_route": "/v1/models"})
-    assert [m["id"] for m in item["data"]] == ["tiny-random-llama"]
+    assert item["data"][0]["id"] == "tiny-random-llama"  # then the LoRA adapters
 
 
 def test_openai_chat_completion(run_job):
@@ -48,7 +48,10 @@ def test_openai_stream_items_are_whole_sse_events(run_job):
     events = [e for item in items for e in item.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
-    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content") is not None) >= 12
+    # One event per token, except where a token ends inside a UTF-8 character and its text waits
+    # for the next; the usage event (forced in the session) counts them all.
+    assert sum(1 for c in chunks if c["choices"]) >= 6
+    assert chunks[-1]["usage"]["completion_tokens"] == 12
     # The role event rides with the first token, alone; later items group more events.
     assert items[0].count("data: ") == 2
     assert len(items) < len(events)
