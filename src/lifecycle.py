@@ -24,6 +24,8 @@ def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2
         while len(in_flight) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # the SDK posts the failed jobs' results
+        if stopping.is_set():  # the worker began to shut down on purpose meanwhile
+            return
         logging.shutdown()
         os._exit(1)
 
@@ -40,6 +42,7 @@ def graceful_sigterm(loop, in_flight, grace: float) -> None:
         log.info("SIGTERM: no new jobs; %d in flight get up to %g s to finish", len(in_flight), grace)
         if callable(previous):
             previous(signum, frame)
-        loop.call_soon_threadsafe(loop.call_later, grace, in_flight.abort_all, "the worker is shutting down")
+        if not loop.is_closed():  # closed: a repeated SIGTERM after the SDK's loop ended
+            loop.call_soon_threadsafe(loop.call_later, grace, in_flight.abort_all, "the worker is shutting down")
 
     signal.signal(signal.SIGTERM, on_sigterm)
