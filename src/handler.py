@@ -5,8 +5,10 @@ path. Run locally with `python src/handler.py --test_input '{"input": {...}}'` o
 """
 
 import redact
+import startup
 
 redact.install()  # before vLLM and runpod create their log handlers
+startup.record_engine_phases()  # here, so that vLLM's engine processes run it too (they import this module)
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
@@ -14,6 +16,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import baked  # noqa: E402
 import config  # noqa: E402
 import errors  # noqa: E402
 import jobs  # noqa: E402
@@ -67,7 +70,7 @@ def main():
     global worker
     import worker as worker_module
 
-    os.environ.update(storage.cache_env(os.environ))  # before vLLM and huggingface_hub read them
+    os.environ.update(storage.cache_env(baked.apply(os.environ)))  # before vLLM and huggingface_hub read them
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)

@@ -2,14 +2,17 @@
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
 import baked
 import config
 import engine
+import startup
 import tiny_model
 from config import Settings
 
@@ -30,8 +33,7 @@ class Worker:
 def start(env=os.environ) -> Worker:
     """Read settings and start the engine. Raises config.ConfigError for a bad setting.
 
-    Logs where start-up time went; vLLM's own lines above it break the engine phase down
-    (weight load, torch.compile, CUDA graphs, KV cache profiling)."""
+    Logs where start-up time went, down to the engine's phases (see startup.py)."""
     imports = time.time() - psutil.Process().create_time()
     began = time.monotonic()
     settings, warnings = config.from_env(baked.apply(env), engine.arg_parser(), gpu_count=engine.gpu_count(),
@@ -41,8 +43,17 @@ def start(env=os.environ) -> Worker:
     if settings.embedded_model:
         log.warning("MODEL_NAME is not set: serving the embedded tiny random model (for local runs)")
     configured = time.monotonic()
-    started = Worker(engine.Engine(settings.engine_args), settings)
+    os.environ.update(settings.vllm_env)
+    startup.record_engine_phases()
+    fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
+    os.close(fd)
+    os.environ[startup.FILE_ENV] = phases_file  # the engine's processes inherit it
+    try:
+        started = Worker(engine.Engine(settings.engine_args), settings)
+        phases = startup.engine_phases(Path(phases_file))
+    finally:
+        del os.environ[startup.FILE_ENV]
+        os.unlink(phases_file)
     done = time.monotonic()
-    log.info("startup: process and imports %.1f s, config %.1f s, engine %.1f s; ready %.1f s after process start",
-             imports, configured - began, done - configured, imports + done - began)
+    log.info(startup.summary(imports, configured - began, done - configured, phases))
     return started

@@ -1,0 +1,67 @@
+"""Where start-up time goes, in one log line per cold start.
+
+vLLM's engine runs in child processes, which log their own phases (weight download and load,
+torch.compile, CUDA graphs, the engine's init). `record_engine_phases` runs in every process
+(the children import the main module again, or inherit it) and notes those log records in the
+file the worker names in WORKER_STARTUP_PHASES_FILE; `summary` reads them back in the worker.
+"""
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+FILE_ENV = "WORKER_STARTUP_PHASES_FILE"
+# vLLM 0.32's log messages, by phase; where two fit one phase, the longer wins. A message vLLM
+# no longer logs leaves its phase out.
+ENGINE_PHASES = [
+    ("weight download", re.compile(r"Time spent downloading weights for .*: ([\d.]+) seconds")),
+    ("weight load", re.compile(r"Model loading took [\d.]+ GiB (?:memory )?and ([\d.]+) seconds")),  # GPU
+    ("weight load", re.compile(r"Loading weights took ([\d.]+) seconds")),  # CPU
+    ("torch.compile", re.compile(r"torch\.compile took ([\d.]+) s in total")),
+    ("CUDA graphs", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
+    ("engine init", re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")),
+]
+
+
+def record_engine_phases() -> None:
+    """Note vLLM's phase log records in this process, from now on (a no-op without the file)."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "records_phases", False):
+        return
+
+    def recording(*args, **kwargs):
+        record = make_record(*args, **kwargs)
+        path = os.environ.get(FILE_ENV)  # removed by the worker once it is ready
+        if path and record.name.startswith("vllm") and record.levelno == logging.INFO and os.path.isfile(path):
+            message = record.getMessage()
+            for phase, pattern in ENGINE_PHASES:
+                if match := pattern.search(message):
+                    with open(path, "a") as f:
+                        f.write(json.dumps([phase, float(match.group(1))]) + "\n")
+        return record
+
+    recording.records_phases = True
+    # A record factory, not a handler: vLLM's logging config replaces the handlers of its loggers.
+    logging.setLogRecordFactory(recording)
+
+
+def engine_phases(path: Path) -> dict[str, float]:
+    """Seconds per engine phase from the file; with several GPU workers, the slowest."""
+    phases: dict[str, float] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            phase, seconds = json.loads(line)
+            phases[phase] = max(seconds, phases.get(phase, 0.0))
+    init = phases.pop("engine init", None)
+    if init is not None:  # the engine's init holds compile and graphs; the rest is KV profiling and warm-up
+        rest = init - phases.get("torch.compile", 0) - phases.get("CUDA graphs", 0)
+        phases["KV cache profiling and warm-up"] = max(rest, 0.0)
+    return phases
+
+
+def summary(imports: float, config: float, engine: float, phases: dict[str, float]) -> str:
+    inside = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
+    return (f"startup: process and imports {imports:.1f} s, config {config:.1f} s, engine {engine:.1f} s"
+            + (f" ({inside})" if inside else "") + f"; ready {imports + config + engine:.1f} s after process start")

@@ -1,0 +1,43 @@
+"""The start-up breakdown: vLLM's phase log records, noted in the file the worker names (no engine;
+tests/test_runpod_loop.py checks the line a real start logs)."""
+
+import logging
+
+import startup
+
+VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel workers
+    "Model loading took 7.5 GiB memory and 3.25 seconds",
+    "Model loading took 7.5 GiB memory and 3.75 seconds",
+    "Loading weights took 2.10 seconds",
+    "torch.compile took 20.50 s in total",
+    "Graph capturing finished in 6 secs, took 0.53 GiB",
+    "init engine (profile, create kv cache, warmup model) took 31.00 s (compilation: 20.50 s)",
+]
+
+
+def test_vllm_phase_records_are_noted_and_summed_up(tmp_path, monkeypatch):
+    phases_file = tmp_path / "phases"
+    phases_file.touch()
+    monkeypatch.setenv(startup.FILE_ENV, str(phases_file))
+    startup.record_engine_phases()
+    log = logging.getLogger("vllm.test")
+    log.setLevel(logging.INFO)
+    for line in VLLM_LINES:
+        log.info(line)
+    logging.getLogger("somebody.else").warning("Loading weights took 99 seconds")  # not vLLM's
+
+    phases = startup.engine_phases(phases_file)
+    assert phases == {"weight load": 3.75, "torch.compile": 20.5, "CUDA graphs": 6.0,
+                      "KV cache profiling and warm-up": 4.5}
+    line = startup.summary(25.0, 0.25, 35.0, phases)
+    assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (weight load 3.8 s, "
+                    "torch.compile 20.5 s, CUDA graphs 6.0 s, KV cache profiling and warm-up 4.5 s); "
+                    "ready 60.2 s after process start")
+
+
+def test_nothing_is_noted_once_the_worker_removed_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(startup.FILE_ENV, str(tmp_path / "gone"))
+    startup.record_engine_phases()
+    logging.getLogger("vllm.test").info("torch.compile took 1.00 s in total")
+    assert not (tmp_path / "gone").exists()
+    assert startup.engine_phases(tmp_path / "gone") == {}
