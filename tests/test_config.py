@@ -125,3 +125,21 @@ def test_secrets_stay_out_of_argv_and_errors():
 def test_secret_names():
     assert all(map(redact.is_secret_name, ["HF_TOKEN", "RUNPOD_AI_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD"]))
     assert not any(map(redact.is_secret_name, ["TOKENIZER_NAME", "MAX_NUM_BATCHED_TOKENS", "MODEL_NAME"]))
+
+
+def test_fast_boot_preset_sets_fewer_cuda_graphs_and_vllm_env():
+    s, _ = settings({"MODEL_NAME": "m", "FAST_BOOT": "true"})
+    assert s.engine_args.compilation_config.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
+    assert s.vllm_env == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    # Each part yields to the variable that sets it.
+    s, _ = settings({"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",
+                     "COMPILATION_CONFIG": '{"cudagraph_capture_sizes": [1, 8]}'})
+    assert s.engine_args.compilation_config.cudagraph_capture_sizes == [1, 8]
+    assert s.vllm_env == {"VLLM_ENABLE_STARTUP_PLAN": "1"}
+
+
+def test_without_fast_boot_nothing_changes():
+    s, _ = settings({"MODEL_NAME": "m"})
+    assert s.vllm_env == {} and s.engine_args.compilation_config.cudagraph_capture_sizes is None
+    with pytest.raises(config.ConfigError, match="FAST_BOOT='fast' is not a boolean"):
+        settings({"MODEL_NAME": "m", "FAST_BOOT": "fast"})
