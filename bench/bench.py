@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,12 +115,16 @@ def native_tokens(item, seen):
 
 
 def sse_tokens(item, seen):
-    """Tokens in a piece of an OpenAI chat stream: its content deltas (one per engine step)."""
+    """Tokens in a piece of an OpenAI chat stream: one per content delta, until the closing usage
+    event gives the exact total (a delta can hold several tokens when the client lags)."""
     tokens = 0
     for event in item.split("\n\n"):
-        if event.startswith("data: {") and '"content":"' in event and '"content":""' not in event:
+        if '"usage":{' in event and '"completion_tokens":' in event:
+            total = json.loads(event[len("data: "):])["usage"]["completion_tokens"]
+            tokens += total - (seen + tokens)
+        elif event.startswith("data: {") and '"content":"' in event and '"content":""' not in event:
             tokens += 1
-    return seen, tokens
+    return seen + tokens, tokens
 
 
 def native(worker):
@@ -133,8 +138,8 @@ def openai_chat(worker):
     import handler
 
     return run_by_sdk(handler.handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
-        "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True}},
-        sse_tokens)
+        "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True,
+        "stream_options": {"include_usage": True}}}, sse_tokens)
 
 
 def proxied(port: int):
@@ -152,21 +157,27 @@ def proxied(port: int):
 
     return run_by_sdk(handler, lambda prompt, n: {"openai_input": {
         "model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": n,
-        "ignore_eos": True, "stream": True}}, sse_tokens), session
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}}, sse_tokens), session
 
 
 # --- orchestration -------------------------------------------------------------------------------
 
 
 def engine_env(model: Path) -> dict:
-    return {"MODEL_NAME": str(model), "LOAD_FORMAT": "dummy", "MAX_MODEL_LEN": "4096",
-            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "bench"}
+    """The worker's settings, with the caches it would use on Runpod (the volume, if there is one)."""
+    import storage
+
+    env = {"MODEL_NAME": str(model), "LOAD_FORMAT": "dummy", "MAX_MODEL_LEN": "4096",
+           "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "bench"}
+    return env | storage.cache_env(os.environ | env)
 
 
 async def measure(name, send, args, results, out):
-    await wave(send, 8, 64, 16, seed=99, vocab=args.vocab)  # warm-up: first-request work is not throughput
+    # Each way gets prompts of its own, so none finds another's in the prefix cache.
+    seed = zlib.crc32(name.encode())
+    await wave(send, 8, 64, 16, seed=seed, vocab=args.vocab)  # warm-up: first-request work is not throughput
     for concurrency in args.concurrency:
-        result = await wave(send, concurrency, args.prompt_len, args.output_len, seed=concurrency, vocab=args.vocab)
+        result = await wave(send, concurrency, args.prompt_len, args.output_len, seed + concurrency, args.vocab)
         results.setdefault(str(concurrency), {})[name] = result
         print(name, concurrency, json.dumps(result), flush=True)
         (out / "throughput.json").write_text(json.dumps(results, indent=2))
@@ -176,7 +187,8 @@ async def in_process(args, results, out):
     import handler
     import worker
 
-    handler.worker = worker.start(os.environ | engine_env(args.model))
+    os.environ.update(engine_env(args.model))  # the engine's processes read the cache places from it
+    handler.worker = worker.start()
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
     for name, make_send in modes.items():
         if name[0] in args.modes:
@@ -187,7 +199,7 @@ async def in_process(args, results, out):
 async def via_vllm_serve(args, results, out):
     port = 18431
     log = open(out / "vllm_serve.log", "w")
-    env = os.environ | {"VLLM_LOGGING_LEVEL": "WARNING"}
+    env = os.environ | engine_env(args.model) | {"VLLM_LOGGING_LEVEL": "WARNING"}
     # `vllm serve`'s own server module, without the CLI wrapper (which needs the package named "vllm").
     cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(args.model),
            "--load-format", "dummy",
