@@ -185,6 +185,8 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
         env.setdefault("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "tiny-random-llama")
         for dest, value in TINY_MODEL_DEFAULTS.items():
             env.setdefault(dest.upper(), value)
+        if "VLLM_CPU_KVCACHE_SPACE" not in env:  # else vLLM's CPU backend wants 92% of a NUMA node free
+            env.setdefault("KV_CACHE_MEMORY_BYTES", "1G")
     if gpu_count > 1:
         env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
     fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
