@@ -30,9 +30,12 @@ NOT_FROM_ENV = {"host", "port", "uds", "api_key", "root_path", "config", "headle
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 RUNPOD_MARKERS = ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")
 # Used when the embedded tiny model is served: it is for CPU runs, where eager mode starts
-# in about 20 s instead of 55 s, and float32 keeps vLLM off its bf16 AMX attention kernel, which
-# dies with SIGILL where the process never asked Linux for AMX (vLLM 0.32, short prompts).
-TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048", "dtype": "float32"}
+# in about 20 s instead of 55 s.
+TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
+# And with no GPU: float32 keeps vLLM off its bf16 AMX attention kernel, which dies with SIGILL
+# where the process never asked Linux for AMX (vLLM 0.32, short prompts); 1 GiB of KV cache,
+# because vLLM's CPU backend otherwise wants 92% of a NUMA node free.
+TINY_MODEL_CPU_DEFAULTS = {"dtype": "float32", "kv_cache_memory_bytes": "1G"}
 # FAST_BOOT=true: the fastest start that keeps outputs the same. Each part yields to its own env var.
 FAST_BOOT_DEFAULTS = {  # engine options: CUDA graphs for 12 batch sizes instead of about 50
     "compilation_config": json.dumps({"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]})}
@@ -183,10 +186,11 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
             raise ConfigError("MODEL_NAME is not set")
         env["MODEL_NAME"] = tiny_model()
         env.setdefault("OPENAI_SERVED_MODEL_NAME_OVERRIDE", "tiny-random-llama")
-        for dest, value in TINY_MODEL_DEFAULTS.items():
+        defaults = TINY_MODEL_DEFAULTS | (TINY_MODEL_CPU_DEFAULTS if gpu_count == 0 else {})
+        if "VLLM_CPU_KVCACHE_SPACE" in env:  # the CPU backend's own way to size the KV cache
+            defaults.pop("kv_cache_memory_bytes", None)
+        for dest, value in defaults.items():
             env.setdefault(dest.upper(), value)
-        if "VLLM_CPU_KVCACHE_SPACE" not in env:  # else vLLM's CPU backend wants 92% of a NUMA node free
-            env.setdefault("KV_CACHE_MEMORY_BYTES", "1G")
     if gpu_count > 1:
         env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
     fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))

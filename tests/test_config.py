@@ -103,6 +103,8 @@ def test_missing_model_name_locally_serves_the_embedded_model():
     assert s.engine_args.enforce_eager is True
     assert s.engine_args.dtype == "float32" and s.engine_args.kv_cache_memory_bytes == 1 << 30
     assert settings({"VLLM_CPU_KVCACHE_SPACE": "4"})[0].engine_args.kv_cache_memory_bytes is None
+    on_gpu = settings({}, gpu_count=1)[0].engine_args
+    assert on_gpu.dtype == "auto" and on_gpu.kv_cache_memory_bytes is None
 
 
 def test_worker_settings_defaults():
