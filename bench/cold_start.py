@@ -1,6 +1,6 @@
 """Cold start of the worker as Runpod starts it (`python src/handler.py`, one job): seconds from
 process start to ready and to the first token, first with empty caches, then with the caches the
-first start left. The phases come from the worker's start-up line and vLLM's own log lines.
+first start left. The phases come from the worker's own start-up line.
 
 The caches live where the worker puts them on Runpod: on the network volume, /runpod-volume
 (created and emptied here: run it on a machine of your own). The empty start is
@@ -22,17 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VOLUME = Path("/runpod-volume")
-PHASES = {  # vLLM 0.32's log lines, and the worker's start-up line
-    "imports_s": r"startup: process and imports ([\d.]+) s",
-    "weight_load_s": r"Loading weights took ([\d.]+) seconds",
-    "model_load_s": r"Model loading took [\d.]+ GiB (?:memory )?and ([\d.]+) seconds",
-    "torch_compile_s": r"torch\.compile took ([\d.]+) s in total",
-    "cuda_graphs_s": r"Graph capturing finished in ([\d.]+) secs",
-    "engine_init_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
-    "available_kv_cache_gib": r"Available KV cache memory: ([\d.]+) GiB",
-    "worker_engine_s": r"startup: .* engine ([\d.]+) s[ ;]",
-    "ready_after_process_start_s": r"ready ([\d.]+) s after process start",
-}
+KV_CACHE = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
+WORKER_LINE = "startup: process and imports"  # the worker's breakdown, vLLM's engine phases included
+PHASE = re.compile(r"([A-Za-z][\w. -]*?) ([\d.]+) s\b")
 JIT = re.compile(r"(?i)flashinfer\.jit|\[flashinfer\].*(compil|build)|\bninja\b")
 
 
@@ -49,11 +41,11 @@ def start_once(model: Path, run: str, log_path: Path) -> dict:
     with open(log_path, "w") as log:
         for line in proc.stdout:
             log.write(line)
-            for name, pattern in PHASES.items():
-                if name not in result and (match := re.search(pattern, line)):
-                    result[name] = float(match.group(1))
-            if "worker_line" not in result and "startup: process and imports" in line:
+            if "available_kv_cache_gib" not in result and (match := KV_CACHE.search(line)):
+                result["available_kv_cache_gib"] = float(match.group(1))
+            if "worker_line" not in result and WORKER_LINE in line:
                 result["worker_line"] = line.split("startup: ", 1)[1].strip()
+                result["phases_s"] = {name: float(seconds) for name, seconds in PHASE.findall(result["worker_line"])}
             if JIT.search(line):
                 jit_lines.append(line.strip()[:200])
             if "first_token_after_launch_s" not in result and line.startswith('{"choices"'):
