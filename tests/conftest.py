@@ -13,15 +13,18 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+import storage  # noqa: E402
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # On CPU, the tiny model in float32 in every engine the tests start, the session's and those of
 # worker processes: in bf16, vLLM 0.32 runs its AMX attention kernel on CPUs that have AMX, and
 # that kernel dies with SIGILL in a process that never asked Linux for AMX (a 1-token prompt does it).
-if not torch.cuda.is_available():
+# The GPU is looked up in the driver's files: torch.cuda.is_available() before vLLM is imported
+# starts CUDA in this process, and vLLM's forked engine process then cannot use it.
+if storage.gpu_name() == "cpu":
     os.environ.setdefault("DTYPE", "float32")
 os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
 for marker in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB"):
