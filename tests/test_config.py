@@ -147,3 +147,8 @@ def test_without_fast_boot_nothing_changes():
     assert s.vllm_env == {} and s.engine_args.compilation_config.cudagraph_capture_sizes is None
     with pytest.raises(config.ConfigError, match="FAST_BOOT='fast' is not a boolean"):
         settings({"MODEL_NAME": "m", "FAST_BOOT": "fast"})
+
+
+def test_streams_deliver_every_four_tokens_unless_stream_interval_says():
+    assert settings({"MODEL_NAME": "m"})[0].engine_args.stream_interval == 4
+    assert settings({"MODEL_NAME": "m", "STREAM_INTERVAL": "1"})[0].engine_args.stream_interval == 1

@@ -48,9 +48,9 @@ def test_openai_stream_items_are_whole_sse_events(run_job):
     events = [e for item in items for e in item.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
-    # One event per token, except where a token ends inside a UTF-8 character and its text waits
-    # for the next; the usage event (forced in the session) counts them all.
-    assert sum(1 for c in chunks if c["choices"]) >= 6
+    # vLLM's outputs hold the first token, then 4 at a time (STREAM_INTERVAL): 1, 4, 4, 3 tokens,
+    # one event each; the usage event (forced in the session) counts them all.
+    assert sum(1 for c in chunks if c["choices"]) >= 4
     assert chunks[-1]["usage"]["completion_tokens"] == 12
     # The role event rides with the first token, alone; later items group more events.
     assert items[0].count("data: ") == 2

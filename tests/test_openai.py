@@ -43,6 +43,17 @@ def test_chat_stream_with_usage(client):
     assert chunks[-1].usage.completion_tokens == 20 and not chunks[-1].choices
 
 
+def test_stream_sends_the_first_token_alone_then_four_at_a_time(client):
+    # The worker's STREAM_INTERVAL default; a request may ask for more (vLLM's stream_interval).
+    def tokens_per_chunk(**extra):
+        stream = client.chat.completions.create(model="tiny-random-llama", messages=CHAT, max_tokens=14, stream=True,
+                                                logprobs=True, extra_body={"ignore_eos": True, **extra})
+        return [len(c.choices[0].logprobs.content) for c in stream if c.choices and c.choices[0].logprobs]
+
+    assert tokens_per_chunk() == [1, 4, 4, 4, 1]
+    assert tokens_per_chunk(stream_interval=6) == [1, 6, 6, 1]
+
+
 def test_usage_is_forced_into_every_stream(client):
     # ENABLE_FORCE_INCLUDE_USAGE: the client did not ask for usage, and gets it.
     chunks = list(client.chat.completions.create(model="tiny-random-llama", messages=CHAT, max_tokens=4,
