@@ -71,6 +71,7 @@ class WorkerSettings(BaseModel):
     shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
     fast_boot: bool = Field(False, alias="FAST_BOOT")
+    prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")  # read by prefetch.start, before vLLM imports
 
 
 @dataclass
@@ -95,7 +96,7 @@ def env_names(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return names
 
 
-def _flag(name: str, value: str) -> bool:
+def flag(name: str, value: str) -> bool:
     if value.strip().lower() in TRUE:
         return True
     if value.strip().lower() in FALSE:
@@ -120,9 +121,9 @@ def _list_items(value: str) -> list[str]:
 def _argv_item(name: str, value: str, action: argparse.Action) -> list[str]:
     option = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
     if isinstance(action, argparse.BooleanOptionalAction):
-        return [option] if _flag(name, value) else ["--no-" + option[2:]]
+        return [option] if flag(name, value) else ["--no-" + option[2:]]
     if action.nargs == 0:  # store_true / store_const
-        return [option] if _flag(name, value) else []
+        return [option] if flag(name, value) else []
     if action.nargs in ("+", "*"):
         try:
             return [option, *_list_items(value)]
@@ -200,7 +201,7 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     for dest, value in WORKER_DEFAULTS.items():
         if dest.upper() in names:  # an option a later vLLM drops is not set
             env.setdefault(dest.upper(), value)
-    fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
+    fast_boot = flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
     if fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
             env.setdefault(dest.upper(), value)

@@ -24,6 +24,7 @@ import lifecycle  # noqa: E402
 import local_run  # noqa: E402
 import native  # noqa: E402
 import openai_path  # noqa: E402
+import prefetch  # noqa: E402
 import storage  # noqa: E402
 
 log = logging.getLogger("worker")
@@ -68,9 +69,11 @@ async def handler(job: dict):
 
 def main():
     global worker
+    env = baked.apply(os.environ)
+    os.environ.update(storage.cache_env(env))  # before vLLM and huggingface_hub read them
+    reading = prefetch.start(env)  # the weights, while vLLM imports
     import worker as worker_module
 
-    os.environ.update(storage.cache_env(baked.apply(os.environ)))  # before vLLM and huggingface_hub read them
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
@@ -79,7 +82,7 @@ def main():
         sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
                  "(for a local endpoint, run src/serve.py)")
     try:
-        worker = worker_module.start()
+        worker = worker_module.start(prefetching=reading)
     except config.ConfigError as e:
         sys.exit(f"startup failed: {e}")
     except Exception as e:  # noqa: BLE001 - one line with the cause, not a traceback wall

@@ -12,6 +12,7 @@ import psutil
 import baked
 import config
 import engine
+import prefetch
 import startup
 import tiny_model
 from config import Settings
@@ -30,10 +31,11 @@ class Worker:
         return self.settings.worker.max_concurrency or self.engine.max_num_seqs
 
 
-def start(env=os.environ) -> Worker:
+def start(env=os.environ, prefetching: prefetch.Prefetch | None = None) -> Worker:
     """Read settings and start the engine. Raises config.ConfigError for a bad setting.
 
-    Logs where start-up time went, down to the engine's phases (see startup.py)."""
+    Stops `prefetching` before the engine starts. Logs where start-up time went, down to the
+    engine's phases (see startup.py)."""
     imports = time.time() - psutil.Process().create_time()
     began = time.monotonic()
     settings, warnings = config.from_env(baked.apply(env), engine.arg_parser(), gpu_count=engine.gpu_count(),
@@ -45,6 +47,8 @@ def start(env=os.environ) -> Worker:
     configured = time.monotonic()
     os.environ.update(settings.vllm_env)
     startup.record_engine_phases()
+    if prefetching:
+        prefetching.stop()
     fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
     os.close(fd)
     os.environ[startup.FILE_ENV] = phases_file  # the engine's processes inherit it

@@ -60,6 +60,8 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
 
     log = log_path.read_text()
     assert "ready: model" in log
+    # The model's weights were read into memory while vLLM imported.
+    assert re.search(r"prefetch: ([\d.]+) of \1 GiB of weights read into memory", log), log[-3000:]
     # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no graphs).
     assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s "
                      r"\(weight load [\d.]+ s, KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]

@@ -1,0 +1,68 @@
+"""Reading the weights into memory during imports: which files, from where, how much (no engine)."""
+
+import logging
+
+import prefetch
+
+
+def write(path, size: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"w" * size)
+    return path
+
+
+def test_weight_files_are_the_top_level_safetensors_else_bin(tmp_path):
+    shards = [write(tmp_path / f"model-0000{i}-of-00002.safetensors", 10) for i in (1, 2)]
+    write(tmp_path / "pytorch_model.bin", 10)
+    write(tmp_path / "original" / "consolidated.safetensors", 10)
+    assert prefetch.weight_files(tmp_path) == shards
+    (tmp_path / "bin-only").mkdir()
+    assert prefetch.weight_files(tmp_path / "bin-only") == []
+    assert prefetch.weight_files(write(tmp_path / "old" / "pytorch_model.bin", 1).parent) == [tmp_path / "old" / "pytorch_model.bin"]
+
+
+def test_local_folder_is_the_path_or_the_hub_cache_snapshot(tmp_path):
+    assert prefetch.local_folder(str(tmp_path)) == tmp_path
+    repo = tmp_path / "hub" / "models--org--name"
+    write(repo / "snapshots" / "abc123" / "config.json", 2)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    cache = str(tmp_path / "hub")
+    assert prefetch.local_folder("org/name", cache_dir=cache) == repo / "snapshots" / "abc123"
+    assert prefetch.local_folder("org/name", "abc123", cache_dir=cache) == repo / "snapshots" / "abc123"
+    assert prefetch.local_folder("org/other", cache_dir=cache) is None  # not downloaded yet
+    assert prefetch.local_folder("not/a/repo/id", cache_dir=cache) is None
+
+
+def test_reads_every_file_up_to_the_budget_and_logs_it(tmp_path, caplog):
+    files = [write(tmp_path / f"{i}.safetensors", 3 * prefetch.CHUNK) for i in range(2)]
+    reading = prefetch.Prefetch(files, budget=10 * prefetch.CHUNK)
+    reading._thread.join(30)  # all read
+    with caplog.at_level(logging.INFO, logger="worker"):
+        reading.stop()
+    assert reading.bytes_read == 6 * prefetch.CHUNK
+    assert "prefetch: 0.09 of 0.09 GiB of weights read into memory" in caplog.text
+
+    capped = prefetch.Prefetch(files, budget=prefetch.CHUNK)
+    capped._thread.join(30)
+    assert capped.bytes_read == prefetch.CHUNK
+
+
+def test_a_file_it_cannot_read_ends_the_reading_not_the_start(tmp_path, caplog):
+    broken = prefetch.Prefetch([tmp_path], budget=prefetch.CHUNK)  # a folder: open() fails
+    with caplog.at_level(logging.INFO, logger="worker"):
+        broken.stop()
+    assert broken.bytes_read == 0
+    assert "prefetch: stopped reading weights" in caplog.text and "prefetch: 0.00 of" in caplog.text
+
+
+def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
+    write(tmp_path / "model.safetensors", 100)
+    reading = prefetch.start({"MODEL_NAME": str(tmp_path)})
+    reading._thread.join(30)
+    assert reading.bytes_read == 100
+    assert prefetch.start({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "dummy"}) is None
+    assert prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": "false"}) is None
+    assert prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": "maybe"}) is None  # the settings check says why
+    assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
+    assert prefetch.start({}) is None
