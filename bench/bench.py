@@ -9,6 +9,7 @@
 (a), (b) and (c) share one engine in this process; (d) starts after it is shut down.
 
   python bench/bench.py --model DIR --out DIR [--concurrency 256 32] [--modes a b c d]
+                        [--openai-stream-interval N ...]
 """
 
 import argparse
@@ -114,16 +115,17 @@ def native_tokens(item, seen):
     return item["usage"]["output"], item["usage"]["output"] - seen
 
 
-def sse_tokens(item, seen):
-    """Tokens in a piece of an OpenAI chat stream: one per content delta, until the closing usage
-    event gives the exact total (a delta can hold several tokens when the client lags)."""
+def sse_tokens(item, seen, per_delta=1):
+    """Tokens in a piece of an OpenAI chat stream: `per_delta` per content delta (vLLM's stream
+    interval; the first delta holds one), until the closing usage event gives the exact total (a
+    delta can hold more when the client lags)."""
     tokens = 0
     for event in item.split("\n\n"):
         if '"usage":{' in event and '"completion_tokens":' in event:
             total = json.loads(event[len("data: "):])["usage"]["completion_tokens"]
             tokens += total - (seen + tokens)
         elif event.startswith("data: {") and '"content":"' in event and '"content":""' not in event:
-            tokens += 1
+            tokens += 1 if seen + tokens == 0 else per_delta
     return seen + tokens, tokens
 
 
@@ -134,12 +136,15 @@ def native(worker):
         "prompt": prompt, "stream": True, "sampling_params": {"max_tokens": n, "ignore_eos": True}}, native_tokens)
 
 
-def openai_chat(worker):
+def openai_chat(worker, stream_interval=None):
     import handler
 
+    extra = {"stream_interval": stream_interval} if stream_interval else {}
+    per_delta = max(stream_interval or 1, worker.engine.args.stream_interval)  # vLLM takes the larger
     return run_by_sdk(handler.handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
         "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True,
-        "stream_options": {"include_usage": True}}}, sse_tokens)
+        "stream_options": {"include_usage": True}} | extra},
+        lambda item, seen: sse_tokens(item, seen, per_delta))
 
 
 def proxied(port: int):
@@ -190,6 +195,8 @@ async def in_process(args, results, out):
     os.environ.update(engine_env(args.model))  # the engine's processes read the cache places from it
     handler.worker = worker.start()
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
+    for interval in args.openai_stream_interval:  # vLLM's per-request stream_interval on (c)
+        modes[f"c_openai_stream_interval_{interval}"] = lambda worker, n=interval: openai_chat(worker, n)
     for name, make_send in modes.items():
         if name[0] in args.modes:
             await measure(name, make_send(handler.worker), args, results, out)
@@ -238,6 +245,8 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"])
+    parser.add_argument("--openai-stream-interval", type=int, nargs="*", default=[],
+                        help="also run (c) with these stream_interval values in the request")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]

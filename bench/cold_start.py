@@ -7,7 +7,10 @@ The caches live where the worker puts them on Runpod: on the network volume, /ru
 builder/warm_cache.py, which fills the volume as a user would; the warm start is a plain worker
 start that finds what it left.
 
-  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm]
+  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm] [--evict-weights]
+
+The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
+files from the page cache before each start, as on a machine that has not read them yet.
 """
 
 import argparse
@@ -25,12 +28,24 @@ VOLUME = Path("/runpod-volume")
 KV_CACHE = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 WORKER_LINE = "startup: process and imports"  # the worker's breakdown, vLLM's engine phases included
 PHASE = re.compile(r"([A-Za-z][\w. -]*?) ([\d.]+) s\b")
+PREFETCH = re.compile(r"prefetch: ([\d.]+) of ([\d.]+) GiB of weights read into memory in ([\d.]+) s")
 JIT = re.compile(r"(?i)flashinfer\.jit|\[flashinfer\].*(compil|build)|\bninja\b")
+
+
+def evict(model: Path) -> None:
+    """Drop the model's weight files from the page cache."""
+    for path in model.glob("*.safetensors"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # written pages must be clean to be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def start_once(model: Path, run: str, log_path: Path) -> dict:
     """One start of the worker on `model`; what it measured."""
-    env = os.environ | {"MODEL_NAME": str(model), "LOAD_FORMAT": "dummy", "MAX_MODEL_LEN": "4096"}
+    env = {"LOAD_FORMAT": "dummy"} | os.environ | {"MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096"}
     job = json.dumps({"input": {"prompt": "t11 t12 t13", "sampling_params": {"max_tokens": 8}}})
     command = ([HERE.parent / "builder" / "warm_cache.py", VOLUME] if run == "empty"
                else [HERE.parent / "src" / "handler.py", "--test_input", job])
@@ -46,6 +61,8 @@ def start_once(model: Path, run: str, log_path: Path) -> dict:
             if "worker_line" not in result and WORKER_LINE in line:
                 result["worker_line"] = line.split("startup: ", 1)[1].strip()
                 result["phases_s"] = {name: float(seconds) for name, seconds in PHASE.findall(result["worker_line"])}
+            if match := PREFETCH.search(line):
+                result["prefetch_gib_read_of_total_in_s"] = [float(g) for g in match.groups()]
             if JIT.search(line):
                 jit_lines.append(line.strip()[:200])
             if "first_token_after_launch_s" not in result and line.startswith('{"choices"'):
@@ -61,12 +78,17 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--label", default="default")
     parser.add_argument("--runs", nargs="+", default=["empty", "warm"])
+    parser.add_argument("--evict-weights", action="store_true")
     args = parser.parse_args()
     if "empty" in args.runs:
         shutil.rmtree(VOLUME, ignore_errors=True)
     VOLUME.mkdir(exist_ok=True)
-    results = {name: os.environ.get(name) for name in ("VLLM_USE_FLASHINFER_SAMPLER", "FAST_BOOT")}
+    results = {name: os.environ.get(name) for name in ("VLLM_USE_FLASHINFER_SAMPLER", "FAST_BOOT", "LOAD_FORMAT",
+                                                       "KV_CACHE_MEMORY_BYTES", "VLLM_ENABLE_STARTUP_PLAN",
+                                                       "PREFETCH_WEIGHTS")}
     for run in args.runs:  # the first run fills the caches the next ones find
+        if args.evict_weights:
+            evict(args.model)
         results[run] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{run}.log")
         print(run, json.dumps(results[run]), flush=True)
         (args.out / f"cold_start_{args.label}.json").write_text(json.dumps(results, indent=2))

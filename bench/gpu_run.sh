@@ -5,6 +5,11 @@
 #   bash bench/gpu_run.sh tests       # the pytest suite's engine tests on the GPU
 #   bash bench/gpu_run.sh fastboot    # FAST_BOOT=true: cold start, empty and warm, and throughput of (a) (c)
 #   bash bench/gpu_run.sh flashinfer  # FlashInfer's sampler on (JIT-built at start): throughput of (a)
+#   bash bench/gpu_run.sh profile     # where start-up goes: import times, a cold start's logs; (c) with stream_interval
+#   bash bench/gpu_run.sh fastboot_parts  # FAST_BOOT empty, then warm without and with its startup plan
+#   bash bench/gpu_run.sh kv_bytes    # default empty, warm, and warm with KV_CACHE_MEMORY_BYTES (no KV profiling)
+#   bash bench/gpu_run.sh weights     # zero weights on disk, out of the page cache: warm start without and with PREFETCH_WEIGHTS
+#   (throughput takes bench.py's options: bash bench/gpu_run.sh throughput --modes a b c)
 # Run `cold` first: it leaves the caches on /runpod-volume that the other parts start from.
 # Needs vLLM 0.32 importable (see ../shared/gpu/README.md: PYTHONPATH=/tmp/site).
 set -uo pipefail
@@ -19,21 +24,42 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   local label=$1; shift
   python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
 }
-case "${1:?part: cold, throughput, tests, fastboot or flashinfer}" in
-  cold) python3 bench/cold_start.py --model "$MODEL" --out "$OUT" ;;
-  throughput) throughput throughput ;;
+part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes or weights}"
+shift
+cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
+case "$part" in
+  cold) cold ;;
+  throughput) throughput throughput "$@" ;;
   tests)
     # pytest and its dependencies travel as wheels in .whl (the GPU machine has no pytest).
     python3 -m pip install -q --no-deps --no-index --target /tmp/pytest-site .whl/*.whl
     PYTHONPATH="$PYTHONPATH:/tmp/pytest-site" python3 -m pytest -q -p no:cacheprovider tests/test_native.py \
       tests/test_handler.py tests/test_validation.py tests/test_cancel_timeout.py tests/test_openai.py \
-      tests/test_serve.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt" ;;
+      tests/test_serve.py > "$OUT/gpu_tests.log" 2>&1
+    tail -15 "$OUT/gpu_tests.log" | tee "$OUT/gpu_tests.txt" ;;
   fastboot)
     export FAST_BOOT=true
-    python3 bench/cold_start.py --model "$MODEL" --out "$OUT" --label fast_boot
+    cold --label fast_boot
     throughput fast_boot --modes a c ;;
   flashinfer)
     export VLLM_USE_FLASHINFER_SAMPLER=1
     throughput flashinfer_sampler --modes a
     grep -ciE 'flashinfer\.jit|ninja|Building|compil' "$OUT/flashinfer_sampler.log" > "$OUT/flashinfer_jit_lines.txt" ;;
+  profile)
+    python3 -X importtime -c "import sys; sys.path.insert(0, 'src'); import engine, runpod" 2> "$OUT/importtime.txt"
+    cold
+    throughput stream_interval --modes a c --concurrency 256 --openai-stream-interval 4 ;;
+  fastboot_parts)  # run before kv_bytes and weights: its empty start clears the volume
+    export FAST_BOOT=true
+    cold --label fast_boot --runs empty
+    VLLM_ENABLE_STARTUP_PLAN=0 cold --label fast_boot_without_startup_plan --runs warm
+    cold --label fast_boot_warm --runs warm ;;
+  kv_bytes)
+    cold --label default
+    KV_CACHE_MEMORY_BYTES=55G cold --label kv_cache_memory_bytes --runs warm ;;
+  weights)  # after kv_bytes, whose caches these starts find
+    python3 bench/make_model.py "$MODEL" --weights
+    export LOAD_FORMAT=auto
+    PREFETCH_WEIGHTS=false cold --label weights_no_prefetch --runs warm --evict-weights
+    cold --label weights_prefetch --runs warm --evict-weights ;;
 esac

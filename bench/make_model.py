@@ -1,6 +1,10 @@
 """A model folder for benchmarks: a config from bench/, and a word-level tokenizer with one word per
-token id ("t0" ... "tN"), so that a prompt of N random words is exactly N tokens. Weights are not
-needed: the engine runs with load_format=dummy."""
+token id ("t0" ... "tN"), so that a prompt of N random words is exactly N tokens. Speed needs no
+weights (the engine runs with load_format=dummy); `--weights` also writes all-zero safetensors
+shards, for measuring weight loading.
+
+  python bench/make_model.py DIR [--weights]
+"""
 
 import json
 import sys
@@ -26,6 +30,26 @@ def make(dest: Path, config: Path = HERE / "llama-3.1-8b-config.json") -> Path:
     return dest
 
 
+def write_weights(dest: Path, shard_bytes: int = 4 << 30) -> list[Path]:
+    """Zero bf16 weights for every parameter of the config's model, in shards of about `shard_bytes`."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(dest), dtype=torch.bfloat16)
+    shards, shard, size = [], {}, 0
+    for name, param in list(model.state_dict().items()) + [(None, None)]:
+        if shard and (name is None or size + param.numel() * 2 > shard_bytes):
+            shards.append(dest / f"model-{len(shards) + 1:05d}.safetensors")
+            save_file(shard, shards[-1], metadata={"format": "pt"})
+            shard, size = {}, 0
+        if name is not None:
+            shard[name] = torch.zeros(param.shape, dtype=torch.bfloat16)
+            size += param.numel() * 2
+    return shards
+
+
 def prompt(length: int, seed: int, vocab: int = 128000) -> str:
     """`length` words that are `length` tokens, different for each seed."""
     state = seed * 2654435761 % 2**32 or 1
@@ -37,4 +61,7 @@ def prompt(length: int, seed: int, vocab: int = 128000) -> str:
 
 
 if __name__ == "__main__":
-    print(make(Path(sys.argv[1]), *map(Path, sys.argv[2:3])))
+    folder = make(Path(sys.argv[1]))
+    if "--weights" in sys.argv[2:]:
+        print(*write_weights(folder), sep="\n")
+    print(folder)

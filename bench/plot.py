@@ -1,5 +1,5 @@
 """Draws a results file from bench/results/ as a PNG: output tokens/s and TTFT p50 per path, for
-each run at 256 and 32 concurrent requests.
+each run at 256 and 32 concurrent requests (a path a run left out has no bar).
 
   python bench/plot.py bench/results/2026-11-23-h100.json docs/benchmarks.png
 """
@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PATHS = {"a_direct": "(a) AsyncLLM", "b_native": "(b) handler, native", "c_openai": "(c) handler, OpenAI",
          "d_vllm_serve_proxy": "(d) vllm serve + proxy"}
-RUNS = ["run_1", "run_2"]
+RUNS = ["run_1", "run_2", "run_3"]
+LABELS = {"run_3": "run 3 (STREAM_INTERVAL=4)"}
 
 
 def main(results_path: Path, png: Path) -> None:
@@ -30,15 +31,15 @@ def main(results_path: Path, png: Path) -> None:
             measured = results["throughput"][run].get(concurrency, {})
             ran = [(k, measured[path][metric]) for k, path in enumerate(PATHS) if path in measured]
             xs = [k + (i - (len(RUNS) - 1) / 2) * width for k, _ in ran]
-            bars = ax.bar(xs, [value for _, value in ran], width, label=run.replace("_", " "))
+            bars = ax.bar(xs, [value for _, value in ran], width, label=LABELS.get(run, run.replace("_", " ")))
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
         ax.set_xticks(range(len(PATHS)), [label.replace(", ", ",\n").replace(" + ", "\n+ ") for label in PATHS.values()],
                       fontsize=8)
         ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{results['gpu'].split(',')[0]}, vLLM {results['vllm']}, {results['model'].split(' (')[0]}: "
                  f"{results['workload']['prompt_tokens']} prompt / {results['workload']['output_tokens']} output tokens "
-                 "((d) ran once)", fontsize=10)
+                 "((d) ran once; run 3 is the worker's default since)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
