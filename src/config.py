@@ -173,6 +173,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str,
         raise ConfigError(str(e).splitlines()[0]) from None
 
 
+def model_name(env: Mapping[str, str]) -> str | None:
+    """The model the environment names: MODEL_NAME, else vLLM's own MODEL."""
+    return env.get("MODEL_NAME") or env.get("MODEL") or None
+
+
 def in_runpod(env: Mapping[str, str]) -> bool:
     return any(env.get(marker) for marker in RUNPOD_MARKERS)
 
@@ -182,7 +187,7 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser)."""
     names = env_names(parser)
     env = dict(env)
-    embedded = not (env.get("MODEL_NAME") or env.get("MODEL"))
+    embedded = not model_name(env)
     if embedded:
         if in_runpod(env):
             raise ConfigError("MODEL_NAME is not set: set it to a Hugging Face repo id "

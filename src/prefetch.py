@@ -32,10 +32,10 @@ def local_folder(model: str, revision: str | None = None, cache_dir: str | None 
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        config = try_to_load_from_cache(model, "config.json", revision=revision, cache_dir=cache_dir)
+        cached = try_to_load_from_cache(model, "config.json", revision=revision, cache_dir=cache_dir)
     except ValueError:  # not a repo id
         return None
-    return Path(config).parent if isinstance(config, str) else None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 class Prefetch:
@@ -73,7 +73,7 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
     """Start reading the weights of env's MODEL_NAME, if they are on this machine and will be loaded.
 
     Reads at most half the memory that is free, so the first files are still cached when vLLM loads them."""
-    model = env.get("MODEL_NAME") or env.get("MODEL")
+    model = config.model_name(env)
     try:
         wanted = config.flag("PREFETCH_WEIGHTS", env.get("PREFETCH_WEIGHTS", "true"))
     except config.ConfigError:
