@@ -9,6 +9,8 @@
 #   bash bench/gpu_run.sh fastboot_parts  # FAST_BOOT empty, then warm without and with its startup plan
 #   bash bench/gpu_run.sh kv_bytes    # default empty, warm, and warm with KV_CACHE_MEMORY_BYTES (no KV profiling)
 #   bash bench/gpu_run.sh weights     # zero weights on disk, out of the page cache: warm start without and with PREFETCH_WEIGHTS
+#   bash bench/gpu_run.sh loaders auto fastsafetensors  # the same start with each LOAD_FORMAT named (wheels in .whl/loaders)
+#   bash bench/gpu_run.sh bytecode    # vLLM's import without and with torch's bytecode compiled; FAST_BOOT start with it
 #   (throughput takes bench.py's options: bash bench/gpu_run.sh throughput --modes a b c)
 # Run `cold` first: it leaves the caches on /runpod-volume that the other parts start from.
 # Needs vLLM 0.32 importable (see ../shared/gpu/README.md: PYTHONPATH=/tmp/site).
@@ -24,9 +26,10 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   local label=$1; shift
   python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
 }
-part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes or weights}"
+part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders or bytecode}"
 shift
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
+weights() { ls "$MODEL"/*.safetensors > /dev/null 2>&1 || python3 bench/make_model.py "$MODEL" --weights; }
 case "$part" in
   cold) cold ;;
   throughput) throughput throughput "$@" ;;
@@ -58,8 +61,32 @@ case "$part" in
     cold --label default
     KV_CACHE_MEMORY_BYTES=55G cold --label kv_cache_memory_bytes --runs warm ;;
   weights)  # after kv_bytes, whose caches these starts find
-    python3 bench/make_model.py "$MODEL" --weights
+    weights
     export LOAD_FORMAT=auto
     PREFETCH_WEIGHTS=false cold --label weights_no_prefetch --runs warm --evict-weights
     cold --label weights_prefetch --runs warm --evict-weights ;;
+  loaders)  # LOAD_FORMAT values; PREFETCH_WEIGHTS=false unless set. Fills the caches first if the volume is empty
+    python3 -m pip install -q --no-deps --no-index --target /tmp/loader-site .whl/loaders/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/loader-site" PREFETCH_WEIGHTS="${PREFETCH_WEIGHTS:-false}"
+    weights
+    [ -n "$(ls -A /runpod-volume/cache 2> /dev/null)" ] || cold --label loaders_cache_fill --runs empty
+    for format in "$@"; do
+      LOAD_FORMAT=$format timeout 300 python3 bench/cold_start.py --model "$MODEL" --out "$OUT" --runs warm \
+        --evict-weights --label "loader_${format}_prefetch_$PREFETCH_WEIGHTS"
+    done ;;
+  bytecode)  # vLLM's import with and without bytecode for torch, which this machine has none of (an image compiles it)
+    python3 -c "
+import os, pathlib, sys, torch, transformers
+print('dont_write_bytecode:', sys.flags.dont_write_bytecode, 'PYTHONDONTWRITEBYTECODE:', os.environ.get('PYTHONDONTWRITEBYTECODE'))
+for module in (torch, transformers):
+    root = pathlib.Path(module.__file__).parent
+    print(root, len(list(root.rglob('*.py'))), '.py', len(list(root.rglob('*.pyc'))), '.pyc')
+" > "$OUT/bytecode.txt"
+    imports() { for run in "$@"; do python3 -c "import time; t = time.perf_counter(); import vllm; print('import vllm ($run):', round(time.perf_counter() - t, 1), 's')"; done; }
+    imports plain plain >> "$OUT/bytecode.txt"
+    export PYTHONPYCACHEPREFIX=/tmp/pycache  # compileall writes here, and imports read from here
+    python3 -m compileall -q -j 0 "$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')" > /dev/null
+    imports "torch compiled" "torch compiled" >> "$OUT/bytecode.txt"
+    cat "$OUT/bytecode.txt"
+    FAST_BOOT=true cold --label fast_boot_bytecode ;;
 esac
