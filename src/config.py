@@ -70,7 +70,7 @@ class WorkerSettings(BaseModel):
     # (vLLM's stream_interval): per-token chunks cost that path 17% of its throughput at 256 streams.
     openai_stream_interval: int = Field(4, ge=1, alias="OPENAI_STREAM_INTERVAL")
     fast_boot: bool = Field(False, alias="FAST_BOOT")
-    prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")  # read by prefetch.start, before vLLM imports
+    prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")  # also read by prefetch.start, before vLLM imports
 
 
 @dataclass
@@ -95,7 +95,7 @@ def env_names(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return names
 
 
-def flag(name: str, value: str) -> bool:
+def _flag(name: str, value: str) -> bool:
     if value.strip().lower() in TRUE:
         return True
     if value.strip().lower() in FALSE:
@@ -120,9 +120,9 @@ def _list_items(value: str) -> list[str]:
 def _argv_item(name: str, value: str, action: argparse.Action) -> list[str]:
     option = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
     if isinstance(action, argparse.BooleanOptionalAction):
-        return [option] if flag(name, value) else ["--no-" + option[2:]]
+        return [option] if _flag(name, value) else ["--no-" + option[2:]]
     if action.nargs == 0:  # store_true / store_const
-        return [option] if flag(name, value) else []
+        return [option] if _flag(name, value) else []
     if action.nargs in ("+", "*"):
         try:
             return [option, *_list_items(value)]
@@ -177,6 +177,16 @@ def model_name(env: Mapping[str, str]) -> str | None:
     return env.get("MODEL_NAME") or env.get("MODEL") or None
 
 
+def worker_settings(env: Mapping[str, str]) -> WorkerSettings:
+    """The worker's own settings in `env`; an empty variable is unset."""
+    try:
+        return WorkerSettings.model_validate({k: v for k, v in env.items() if v != ""})
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = err["loc"][0]
+        raise ConfigError(f"{name}={env.get(name)!r} is not valid: {err['msg']}") from None
+
+
 def in_runpod(env: Mapping[str, str]) -> bool:
     return any(env.get(marker) for marker in RUNPOD_MARKERS)
 
@@ -202,17 +212,12 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
             env.setdefault(dest.upper(), value)
     if gpu_count > 1:
         env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
-    fast_boot = flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
+    fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
     if fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
             env.setdefault(dest.upper(), value)
     argv, warnings = engine_argv(env, names)
     args = _parse(parser, argv, names, env)
-    try:
-        worker = WorkerSettings.model_validate({k: v for k, v in env.items() if v != ""})
-    except ValidationError as e:
-        err = e.errors()[0]
-        name = err["loc"][0]
-        raise ConfigError(f"{name}={env.get(name)!r} is not valid: {err['msg']}") from None
+    worker = worker_settings(env)
     vllm_env = {name: value for name, value in FAST_BOOT_VLLM_ENV.items() if fast_boot and name not in env}
     return Settings(args, worker, embedded, vllm_env), warnings

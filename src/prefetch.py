@@ -75,7 +75,7 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
     Reads at most half the memory that is free, so the first files are still cached when vLLM loads them."""
     model = config.model_name(env)
     try:
-        wanted = config.flag("PREFETCH_WEIGHTS", env.get("PREFETCH_WEIGHTS", "true"))
+        wanted = config.worker_settings(env).prefetch_weights
     except config.ConfigError:
         return None  # the settings check reports it
     if not wanted or not model or env.get("LOAD_FORMAT", "auto") == "dummy":

@@ -66,3 +66,10 @@ def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
     assert prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": "maybe"}) is None  # the settings check says why
     assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
     assert prefetch.start({}) is None
+
+
+def test_reads_its_setting_as_the_worker_settings_do(tmp_path):
+    write(tmp_path / "model.safetensors", 100)
+    unset = prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": ""})  # empty is unset: the default, on
+    unset._thread.join(30)
+    assert unset.bytes_read == 100
