@@ -140,8 +140,7 @@ def openai_chat(worker, stream_interval=None):
     import handler
 
     extra = {"stream_interval": stream_interval} if stream_interval else {}
-    requested = stream_interval or worker.settings.worker.openai_stream_interval  # what the worker puts in
-    per_delta = max(requested, worker.engine.args.stream_interval)  # vLLM takes the larger
+    per_delta = max(stream_interval or 1, worker.engine.args.stream_interval)  # vLLM takes the larger
     return run_by_sdk(handler.handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
         "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True,
         "stream_options": {"include_usage": True}} | extra},

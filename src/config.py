@@ -29,6 +29,10 @@ NOT_FROM_ENV = {"host", "port", "uds", "api_key", "root_path", "config", "headle
                 "api_server_count", "hf_token", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"}
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 RUNPOD_MARKERS = ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")
+# Engine options the worker sets unless their env var does. vLLM sends a stream's first token at
+# once, then every 4 tokens: the Runpod stream batches tokens anyway, and per-token outputs cost the
+# OpenAI path 17% of its throughput at 256 streams on an H100 (docs/benchmarks.md).
+WORKER_DEFAULTS = {"stream_interval": "4"}
 # Used when the embedded tiny model is served: it is for CPU runs, where eager mode starts
 # in about 20 s instead of 55 s.
 TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
@@ -66,9 +70,6 @@ class WorkerSettings(BaseModel):
     request_timeout: float | None = Field(None, gt=0, alias="REQUEST_TIMEOUT")
     shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
-    # An OpenAI stream's first token goes at once, then every N tokens unless the request says
-    # (vLLM's stream_interval): per-token chunks cost that path 17% of its throughput at 256 streams.
-    openai_stream_interval: int = Field(4, ge=1, alias="OPENAI_STREAM_INTERVAL")
     fast_boot: bool = Field(False, alias="FAST_BOOT")
     prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")  # also read by prefetch.start, before vLLM imports
 
@@ -212,6 +213,9 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
             env.setdefault(dest.upper(), value)
     if gpu_count > 1:
         env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
+    for dest, value in WORKER_DEFAULTS.items():
+        if dest.upper() in names:  # an option a later vLLM drops is not set
+            env.setdefault(dest.upper(), value)
     fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
     if fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():

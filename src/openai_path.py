@@ -23,8 +23,6 @@ ROUTES = {
     "/tokenize": "POST",
     "/detokenize": "POST",
 }
-# Routes whose streams take vLLM's per-request stream_interval.
-STREAM_INTERVAL_ROUTES = {"/v1/chat/completions", "/v1/completions"}
 # Off unless ENABLE_OPENAI_ADMIN_ROUTES is set: they change the worker for every later job.
 ADMIN_ROUTES = {
     "/v1/load_lora_adapter": "POST",
@@ -109,9 +107,7 @@ async def run(worker, job_input: dict, job) -> AsyncIterator:
         if not body.get("model"):
             body["model"] = worker.engine.served_model_names[0]
         if request.openai_route == "/v1/completions":
-            body.setdefault("max_tokens", defaults.default_max_tokens)
-        if request.openai_route in STREAM_INTERVAL_ROUTES and body.get("stream"):
-            body.setdefault("stream_interval", defaults.openai_stream_interval)
+            body.setdefault("max_tokens", worker.settings.worker.default_max_tokens)
 
     job.set_timeout(request.request_timeout or defaults.request_timeout)
     response = await worker.engine.http(method, request.openai_route, body, job.id, on_cancel=job.on_abort)

@@ -149,9 +149,6 @@ def test_without_fast_boot_nothing_changes():
         settings({"MODEL_NAME": "m", "FAST_BOOT": "fast"})
 
 
-def test_openai_streams_deliver_every_four_tokens_unless_openai_stream_interval_says():
-    s = settings({"MODEL_NAME": "m"})[0]
-    assert s.worker.openai_stream_interval == 4 and s.engine_args.stream_interval == 1  # the engine keeps vLLM's 1
-    assert settings({"MODEL_NAME": "m", "OPENAI_STREAM_INTERVAL": "1"})[0].worker.openai_stream_interval == 1
-    with pytest.raises(config.ConfigError, match="OPENAI_STREAM_INTERVAL='0' is not valid"):
-        settings({"MODEL_NAME": "m", "OPENAI_STREAM_INTERVAL": "0"})
+def test_streams_deliver_every_four_tokens_unless_stream_interval_says():
+    assert settings({"MODEL_NAME": "m"})[0].engine_args.stream_interval == 4
+    assert settings({"MODEL_NAME": "m", "STREAM_INTERVAL": "1"})[0].engine_args.stream_interval == 1

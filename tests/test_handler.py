@@ -48,7 +48,7 @@ def test_openai_stream_items_are_whole_sse_events(run_job):
     events = [e for item in items for e in item.split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
-    # vLLM's outputs hold the first token, then 4 at a time (OPENAI_STREAM_INTERVAL): 1, 4, 4, 3 tokens,
+    # vLLM's outputs hold the first token, then 4 at a time (STREAM_INTERVAL): 1, 4, 4, 3 tokens,
     # one event each; the usage event (forced in the session) counts them all.
     assert sum(1 for c in chunks if c["choices"]) >= 4
     assert chunks[-1]["usage"]["completion_tokens"] == 12

@@ -69,9 +69,11 @@ def test_hub_variables_are_ones_the_worker_reads_with_the_same_defaults():
         if key in worker_fields:
             assert spec["default"] == worker_fields[key].default, key
         elif key in names:
-            default = names[key].default
+            default = config.WORKER_DEFAULTS.get(names[key].dest, names[key].default)
             if default == argparse.SUPPRESS:  # vLLM sets nothing unless asked
                 continue
+            if spec["type"] == "number" and isinstance(default, str):  # a worker default, as the env var's text
+                default = float(default)
             if spec["type"] == "boolean" and default is None:  # unset: vLLM reads it as off
                 default = False
             assert spec["default"] == default, key

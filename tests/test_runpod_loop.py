@@ -44,7 +44,7 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
 
     # Native stream: each token batch streamed as it was made, and aggregated for /run and /runsync.
     streamed = [item["output"] for item in fake.streamed["native-stream"]]
-    assert [item["usage"]["output"] for item in streamed] == [1, 4, 12]
+    assert [item["usage"]["output"] for item in streamed] == [1, 5, 12]  # outputs of 1, 4, 4, 3 tokens
     assert fake.done["native-stream"]["output"] == streamed
 
     # OpenAI stream: every streamed item is whole SSE events, ending with [DONE].

@@ -48,7 +48,7 @@ def test_run_stream_status(endpoint):
     assert job["status"] == "IN_QUEUE" and job["id"]
     items, last = poll_stream(endpoint, job["id"])
     assert last["status"] == "COMPLETED"
-    assert [i["usage"]["output"] for i in items] == [1, 4, 13, 30]
+    assert [i["usage"]["output"] for i in items] == [1, 5, 17, 30]  # outputs of 1, then 4 tokens
     status = requests.get(f"{endpoint}/status/{job['id']}", timeout=30).json()
     assert status == {"id": job["id"], "status": "COMPLETED", "output": items}
     # /status does not run the job again, and /stream has nothing new to give.
