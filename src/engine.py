@@ -6,6 +6,7 @@ A vLLM upgrade should touch this file only.
 import asyncio
 import difflib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -84,7 +85,12 @@ class Engine:
         async with self._ready:
             if self.app is None:
                 tasks = await self.llm.get_supported_tasks()
+                root = logging.getLogger()
+                level = root.level
+                # build_app imports model_hosting_container_standards, which sets the root logger's
+                # level from LOG_LEVEL, else to ERROR: the worker's own INFO and WARNING lines would go.
                 app = build_app(self.args, tasks, self.llm.model_config)
+                root.setLevel(level)
                 await init_app_state(self.llm, app.state, self.args, tasks)
                 self.app = app
 

@@ -18,6 +18,7 @@ from pathlib import Path  # noqa: E402
 
 import baked  # noqa: E402
 import config  # noqa: E402
+import cpu_probe  # noqa: E402
 import errors  # noqa: E402
 import jobs  # noqa: E402
 import lifecycle  # noqa: E402
@@ -67,16 +68,28 @@ async def handler(job: dict):
         current.finish(status)
 
 
+def _log_app_built(task: asyncio.Task) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        log.info("vLLM's OpenAI app is built")
+    else:
+        log.warning("building vLLM's OpenAI app failed: %s", errors.describe(task.exception()))
+
+
 def main():
     global worker
     env = baked.apply(os.environ)
     os.environ.update(storage.cache_env(env))  # before vLLM and huggingface_hub read them
+    local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
+    probing = None if local else cpu_probe.start()  # for the runpod SDK, imported once the engine is up
     reading = prefetch.start(env)  # the weights, while vLLM imports
     import worker as worker_module
 
+    if probing:
+        probing.join()  # before vLLM forks its engine process
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
     job = local_run.test_job(sys.argv[1:], Path.cwd()) if local else None
     if local and job is None:
         sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
@@ -104,13 +117,18 @@ def main():
     concurrency = worker.concurrency
     grace = worker.settings.worker.shutdown_grace_seconds
 
-    sigterm_hooked = []
+    on_loop = []
 
     def concurrency_modifier(_current: int) -> int:
-        # First called on the SDK's loop, in the main thread, after the SDK set its SIGTERM handler.
-        if not sigterm_hooked:
-            lifecycle.graceful_sigterm(asyncio.get_running_loop(), in_flight, grace)
-            sigterm_hooked.append(True)
+        # First called on the SDK's loop, in the main thread, after the SDK set its SIGTERM handler
+        # and before it asks for the first jobs.
+        if not on_loop:
+            loop = asyncio.get_running_loop()
+            lifecycle.graceful_sigterm(loop, in_flight, grace)
+            # vLLM's OpenAI app, built while the first jobs are fetched, not by the first job; if
+            # that fails, the next job tries again and reports the error.
+            on_loop.append(loop.create_task(worker.engine.ready()))
+            on_loop[0].add_done_callback(_log_app_built)
         # A constant: the SDK stops fetching until no job is in flight whenever this changes.
         return concurrency
 

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 FILE_ENV = "WORKER_STARTUP_PHASES_FILE"
@@ -23,6 +24,14 @@ ENGINE_PHASES = [
     ("CUDA graphs", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
     ("engine init", re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")),
 ]
+
+
+def seconds_since_process_start() -> float:
+    """From this process's start, as the kernel noted it (clock ticks since boot), to now.
+
+    Not psutil's create_time, which adds a boot time rounded to whole seconds."""
+    started_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def record_engine_phases() -> None:

@@ -7,8 +7,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 import baked
 import config
 import engine
@@ -36,7 +34,7 @@ def start(env=os.environ, prefetching: prefetch.Prefetch | None = None) -> Worke
 
     Stops `prefetching` before the engine starts. Logs where start-up time went, down to the
     engine's phases (see startup.py)."""
-    imports = time.time() - psutil.Process().create_time()
+    imports = startup.seconds_since_process_start()
     began = time.monotonic()
     settings, warnings = config.from_env(baked.apply(env), engine.arg_parser(), gpu_count=engine.gpu_count(),
                                          tiny_model=lambda: str(tiny_model.ensure()))

@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeRunpod:
-    """Hands out `jobs` once through job-take, and records what the worker streams and reports."""
+    """Hands out the jobs in `queue` through job-take (append more at any time), and records what
+    the worker streams and reports, and when the first item of each job arrived."""
 
     def __init__(self, jobs: list[dict]):
         self.queue = list(jobs)
-        self.batch_sizes, self.streamed, self.done = [], {}, {}
+        self.batch_sizes, self.streamed, self.done, self.first_streamed_at = [], {}, {}, {}
         self.loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/job-take/{worker}", self.take)
@@ -36,11 +37,20 @@ class FakeRunpod:
         self.port = site._server.sockets[0].getsockname()[1]
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
+    def worker_env(self) -> dict:
+        """The environment Runpod gives a worker, pointed at this API."""
+        base = f"http://127.0.0.1:{self.port}"
+        return {"RUNPOD_POD_ID": "test-worker", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+                "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=cpu",
+                "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
+                "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu"}
+
     async def take(self, request):
         size = int(request.query.get("batch_size", 1))
         self.batch_sizes.append(size)
         jobs, self.queue = self.queue[:size], self.queue[size:]
         if not jobs:
+            await asyncio.sleep(0.2)  # Runpod holds an empty take open a while
             return web.Response(status=204)
         return web.json_response(jobs if "batch" in request.path else jobs[0])
 
@@ -49,6 +59,7 @@ class FakeRunpod:
         return web.Response(status=204)
 
     async def stream(self, request):
+        self.first_streamed_at.setdefault(request.match_info["job"], time.monotonic())
         self.streamed.setdefault(request.match_info["job"], []).append(json.loads(await request.text()))
         return web.json_response({})
 
@@ -63,14 +74,9 @@ class FakeRunpod:
 
 def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
     """`python src/handler.py` as Runpod starts it, taking jobs from `fake`; its log goes to a file."""
-    base = f"http://127.0.0.1:{fake.port}"
     env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | {
         "MODEL_NAME": str(tiny_model.ensure()), "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048",
-        "RUNPOD_POD_ID": "test-worker", "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
-        "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=cpu",
-        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=cpu",
-        "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=cpu",
-    } | env
+    } | fake.worker_env() | env
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "handler.py")], cwd=tmp_path, env=env,

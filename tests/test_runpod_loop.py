@@ -28,9 +28,14 @@ JOBS = [
 
 
 def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path):
-    fake = FakeRunpod(JOBS)
+    fake = FakeRunpod([])
     proc, log_path = start_worker(fake, tmp_path, SECRETS | {"MAX_CONCURRENCY": "8", "RUNPOD_LOG_LEVEL": "DEBUG"})
     try:
+        # vLLM's OpenAI app is built as the SDK starts taking jobs, not by the first job.
+        assert wait_for(lambda: "vLLM's OpenAI app is built" in log_path.read_text() or proc.poll() is not None, 300), \
+            log_path.read_text()[-4000:]
+        assert "vLLM's OpenAI app is built" in log_path.read_text(), log_path.read_text()[-4000:]
+        fake.queue.extend(JOBS)
         assert wait_for(lambda: len(fake.done) == len(JOBS) or proc.poll() is not None, 300), log_path.read_text()[-4000:]
         assert len(fake.done) == len(JOBS), log_path.read_text()[-4000:]
         proc.send_signal(signal.SIGTERM)
@@ -60,6 +65,9 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
 
     log = log_path.read_text()
     assert "ready: model" in log
+    # The worker's own INFO lines outlive vLLM's OpenAI app, whose build reset the root logger's level.
+    assert re.search(r"job native-stream route=native prompt_tokens=\d+ output_tokens=12 .* status=ok", log), log[-3000:]
+    assert "SIGTERM: no new jobs" in log
     # The model's weights were read into memory while vLLM imported.
     assert re.search(r"prefetch: ([\d.]+) of \1 GiB of weights read into memory", log), log[-3000:]
     # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no graphs).

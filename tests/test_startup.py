@@ -2,8 +2,12 @@
 tests/test_runpod_loop.py checks the line a real start logs)."""
 
 import logging
+import subprocess
+import sys
+import time
 
 import startup
+from conftest import ROOT
 
 VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel workers
     "Model loading took 7.5 GiB memory and 3.25 seconds",
@@ -41,3 +45,12 @@ def test_nothing_is_noted_once_the_worker_removed_the_file(tmp_path, monkeypatch
     logging.getLogger("vllm.test").info("torch.compile took 1.00 s in total")
     assert not (tmp_path / "gone").exists()
     assert startup.engine_phases(tmp_path / "gone") == {}
+
+
+def test_seconds_since_process_start_counts_from_the_process_launch():
+    launched = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "import time, startup; time.sleep(0.3); "
+                           "print(startup.seconds_since_process_start())"],
+                          cwd=ROOT / "src", capture_output=True, text=True, timeout=60, check=True)
+    took = time.monotonic() - launched
+    assert 0.3 <= float(done.stdout) <= took + 0.01  # the kernel notes the start in 10 ms ticks
