@@ -40,9 +40,11 @@ TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
 # where the process never asked Linux for AMX (vLLM 0.32, short prompts); 1 GiB of KV cache,
 # because vLLM's CPU backend otherwise wants 92% of a NUMA node free.
 TINY_MODEL_CPU_DEFAULTS = {"dtype": "float32", "kv_cache_memory_bytes": "1G"}
-# FAST_BOOT=true: the fastest start that keeps outputs the same. Each part yields to its own env var.
-FAST_BOOT_DEFAULTS = {  # engine options: CUDA graphs for 12 batch sizes instead of about 50
-    "compilation_config": json.dumps({"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]})}
+# FAST_BOOT=true: the fastest start measured, for a few % of throughput (docs/benchmarks.md). Each
+# part yields to its own env var.
+FAST_BOOT_DEFAULTS = {  # no torch.compile (vLLM's own CUDA kernels), and full CUDA graphs for 12 batch sizes
+    "compilation_config": json.dumps({"mode": 0, "cudagraph_mode": "FULL",
+                                      "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]})}
 FAST_BOOT_VLLM_ENV = {
     "VLLM_ENABLE_STARTUP_PLAN": "1",  # reuse the KV cache size a start measured (on the volume): no profiling
     "VLLM_USE_FLASHINFER_SAMPLER": "0",  # no JIT build of FlashInfer's sampling kernels

@@ -131,9 +131,11 @@ def test_secret_names():
     assert not any(map(redact.is_secret_name, ["TOKENIZER_NAME", "MAX_NUM_BATCHED_TOKENS", "MODEL_NAME"]))
 
 
-def test_fast_boot_preset_sets_fewer_cuda_graphs_and_vllm_env():
+def test_fast_boot_preset_sets_no_compile_fewer_full_cuda_graphs_and_vllm_env():
     s, _ = settings({"MODEL_NAME": "m", "FAST_BOOT": "true"})
-    assert s.engine_args.compilation_config.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
+    compilation = s.engine_args.compilation_config
+    assert compilation.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
+    assert (compilation.mode, compilation.cudagraph_mode.name) == (0, "FULL")
     assert s.vllm_env == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     # Each part yields to the variable that sets it.
     s, _ = settings({"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",
