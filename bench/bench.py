@@ -6,7 +6,8 @@
   (d) `vllm serve` on loopback, with a handler that forwards its SSE over aiohttp: the design
       other workers use.
 
-(a), (b) and (c) share one engine in this process; (d) starts after it is shut down.
+(a), (b) and (c) share one engine in this process and run in the order --modes names them; (d)
+starts after that engine is shut down.
 
   python bench/bench.py --model DIR --out DIR [--concurrency 256 32] [--modes a b c d]
                         [--openai-stream-interval N ...]
@@ -197,9 +198,10 @@ async def in_process(args, results, out):
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
     for interval in args.openai_stream_interval:  # vLLM's per-request stream_interval on (c)
         modes[f"c_openai_stream_interval_{interval}"] = lambda worker, n=interval: openai_chat(worker, n)
-    for name, make_send in modes.items():
-        if name[0] in args.modes:
-            await measure(name, make_send(handler.worker), args, results, out)
+    for mode in args.modes:  # in the order given
+        for name, make_send in modes.items():
+            if name[0] == mode:
+                await measure(name, make_send(handler.worker), args, results, out)
     handler.worker.engine.shutdown()
 
 

@@ -4,10 +4,13 @@ first start left. The phases come from the worker's own start-up line.
 
 The caches live where the worker puts them on Runpod: on the network volume, /runpod-volume
 (created and emptied here: run it on a machine of your own). The empty start is
-builder/warm_cache.py, which fills the volume as a user would; the warm start is a plain worker
-start that finds what it left.
+builder/warm_cache.py, which fills the volume as a user would (one local job, with no runpod SDK);
+the warm start is the worker in the runpod SDK's production loop, which finds what it left and
+takes one streaming job from a fake Runpod job API on 127.0.0.1. Its first token is the moment
+the first streamed item reaches that API.
 
   python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm] [--evict-weights]
+                             [--worker PATH]
 
 The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
 files from the page cache before each start, as on a machine that has not read them yet.
@@ -20,10 +23,15 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent / "tests")]
+
+from fake_runpod import FakeRunpod, wait_for  # noqa: E402
+
 VOLUME = Path("/runpod-volume")
 KV_CACHE = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 WORKER_LINE = "startup: process and imports"  # the worker's breakdown, vLLM's engine phases included
@@ -43,31 +51,48 @@ def evict(model: Path) -> None:
             os.close(fd)
 
 
-def start_once(model: Path, run: str, log_path: Path) -> dict:
+def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     """One start of the worker on `model`; what it measured."""
     env = {"LOAD_FORMAT": "dummy"} | os.environ | {"MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096"}
-    job = json.dumps({"input": {"prompt": "t11 t12 t13", "sampling_params": {"max_tokens": 8}}})
-    command = ([HERE.parent / "builder" / "warm_cache.py", VOLUME] if run == "empty"
-               else [HERE.parent / "src" / "handler.py", "--test_input", job])
+    job = {"prompt": "t11 t12 t13", "stream": True, "sampling_params": {"max_tokens": 8}}
+    fake = None
+    if run == "empty":
+        command = [HERE.parent / "builder" / "warm_cache.py", VOLUME]
+    else:
+        fake = FakeRunpod([{"id": "first", "input": job}])
+        env |= fake.worker_env()
+        command = [worker.resolve()]
     result, jit_lines = {}, []
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, *map(str, command)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/tmp")
+    if fake:  # the job done: stop the worker as Runpod does, with SIGTERM
+        threading.Thread(target=lambda: wait_for(lambda: fake.done or proc.poll() is not None, 600)
+                         and proc.poll() is None and proc.terminate(), daemon=True).start()
     with open(log_path, "w") as log:
         for line in proc.stdout:
             log.write(line)
             if "available_kv_cache_gib" not in result and (match := KV_CACHE.search(line)):
                 result["available_kv_cache_gib"] = float(match.group(1))
             if "worker_line" not in result and WORKER_LINE in line:
+                result["ready_after_launch_s"] = round(time.monotonic() - began, 2)
                 result["worker_line"] = line.split("startup: ", 1)[1].strip()
                 result["phases_s"] = {name: float(seconds) for name, seconds in PHASE.findall(result["worker_line"])}
             if match := PREFETCH.search(line):
                 result["prefetch_gib_read_of_total_in_s"] = [float(g) for g in match.groups()]
             if JIT.search(line):
                 jit_lines.append(line.strip()[:200])
-            if "first_token_after_launch_s" not in result and line.startswith('{"choices"'):
+            if not fake and "first_token_after_launch_s" not in result and line.startswith('{"choices"'):
                 result["first_token_after_launch_s"] = round(time.monotonic() - began, 2)
     result["exit_code"] = proc.wait()
+    if fake:
+        if "first" in fake.first_streamed_at:
+            result["first_token_after_launch_s"] = round(fake.first_streamed_at["first"] - began, 2)
+            if "ready_after_launch_s" in result:  # the SDK's import and start, the job's fetch and first token
+                result["ready_to_first_token_s"] = round(result["first_token_after_launch_s"]
+                                                         - result["ready_after_launch_s"], 2)
+        result["job_done"] = fake.done.get("first")
+        fake.close()
     result["kernel_jit_log_lines"] = jit_lines[:20]
     return result
 
@@ -79,6 +104,8 @@ def main():
     parser.add_argument("--label", default="default")
     parser.add_argument("--runs", nargs="+", default=["empty", "warm"])
     parser.add_argument("--evict-weights", action="store_true")
+    parser.add_argument("--worker", type=Path, default=HERE.parent / "src" / "handler.py",
+                        help="the handler.py the warm starts run (to compare two versions on one machine)")
     args = parser.parse_args()
     if "empty" in args.runs:
         shutil.rmtree(VOLUME, ignore_errors=True)
@@ -89,7 +116,7 @@ def main():
     for run in args.runs:  # the first run fills the caches the next ones find
         if args.evict_weights:
             evict(args.model)
-        results[run] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{run}.log")
+        results[run] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{run}.log", args.worker)
         print(run, json.dumps(results[run]), flush=True)
         (args.out / f"cold_start_{args.label}.json").write_text(json.dumps(results, indent=2))
 

@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PATHS = {"a_direct": "(a) AsyncLLM", "b_native": "(b) handler, native", "c_openai": "(c) handler, OpenAI",
          "d_vllm_serve_proxy": "(d) vllm serve + proxy"}
-RUNS = ["run_1", "run_2", "run_3", "run_4"]
-LABELS = {"run_3": "run 3 (STREAM_INTERVAL=4)", "run_4": "run 4 (STREAM_INTERVAL=4)"}
+RUNS = ["run_1", "run_2", "run_3", "run_4", "run_5"]
+LABELS = {"run_3": "run 3 (STREAM_INTERVAL=4)", "run_4": "run 4 (STREAM_INTERVAL=4)",
+          "run_5": "run 5 (STREAM_INTERVAL=4, (b) first)"}
 
 
 def main(results_path: Path, png: Path) -> None:
@@ -39,7 +40,7 @@ def main(results_path: Path, png: Path) -> None:
     axes[2].legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{results['gpu'].split(',')[0]}, vLLM {results['vllm']}, {results['model'].split(' (')[0]}: "
                  f"{results['workload']['prompt_tokens']} prompt / {results['workload']['output_tokens']} output tokens "
-                 "((d) ran once; runs 3 and 4 are the worker's default since)", fontsize=10)
+                 "((d) ran once; runs 3 to 5 are the worker's default since)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
