@@ -11,7 +11,6 @@
 #   bash bench/gpu_run.sh weights     # zero weights on disk, out of the page cache: warm start without and with PREFETCH_WEIGHTS
 #   bash bench/gpu_run.sh loaders auto fastsafetensors  # the same start with each LOAD_FORMAT named (wheels in .whl/loaders)
 #   bash bench/gpu_run.sh bytecode    # vLLM's import without and with torch's bytecode compiled; FAST_BOOT start with it
-#   bash bench/gpu_run.sh no_compile  # FAST_BOOT with vLLM's compiler off (full CUDA graphs only): cold start, (a)'s throughput
 #   bash bench/gpu_run.sh versions DIR  # FAST_BOOT warm starts of DIR/handler.py (an older src/) and of src/, twice each
 #   bash bench/gpu_run.sh interval    # (b), then (a) and (c), with the stream interval of 4 and with vLLM's 1
 #   (throughput takes bench.py's options: bash bench/gpu_run.sh throughput --modes a b c)
@@ -29,7 +28,7 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   local label=$1; shift
   python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
 }
-part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, no_compile, versions or interval}"
+part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, versions or interval}"
 shift
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
 weights() { ls "$MODEL"/*.safetensors > /dev/null 2>&1 || python3 bench/make_model.py "$MODEL" --weights; }
@@ -92,10 +91,6 @@ for module in (torch, transformers):
     imports "torch compiled" "torch compiled" >> "$OUT/bytecode.txt"
     cat "$OUT/bytecode.txt"
     FAST_BOOT=true cold --label fast_boot_bytecode --runs warm ;;  # after fastboot, whose caches it finds
-  no_compile)  # vLLM's compile mode 0: its CUDA kernels instead of Inductor's, full CUDA graphs of FAST_BOOT's sizes
-    export FAST_BOOT=true COMPILATION_CONFIG='{"mode": 0, "cudagraph_mode": "FULL", "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]}'
-    cold --label fast_boot_no_compile
-    throughput fast_boot_no_compile --modes a ;;
   versions)  # after fastboot, whose caches these starts find; alternating, as imports vary by seconds between starts
     export FAST_BOOT=true
     for round in 1 2; do

@@ -109,8 +109,10 @@ class Engine:
                 level = root.level
                 # build_app imports model_hosting_container_standards, which sets the root logger's
                 # level from LOG_LEVEL, else to ERROR: the worker's own INFO and WARNING lines would go.
-                app = build_app(self.args, tasks, self.llm.model_config)
-                root.setLevel(level)
+                try:
+                    app = build_app(self.args, tasks, self.llm.model_config)
+                finally:
+                    root.setLevel(level)
                 await init_app_state(self.llm, app.state, self.args, tasks)
                 self.app = app
 
