@@ -81,6 +81,7 @@ def main():
     global worker
     env = baked.apply(os.environ)
     os.environ.update(storage.cache_env(env))  # before vLLM and huggingface_hub read them
+    storage.seed_model_infos(os.environ)
     local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
     probing = None if local else cpu_probe.start()  # for the runpod SDK, imported once the engine is up
     reading = prefetch.start(env)  # the weights, while vLLM imports

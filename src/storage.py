@@ -6,7 +6,9 @@ Compiled kernels only fit the model, vLLM and GPU they were built for, so their 
 by all three: cache/<model>/vllm-<version>/<gpu>/.
 """
 
+import logging
 import re
+import shutil
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -14,6 +16,8 @@ from pathlib import Path
 VOLUME = Path("/runpod-volume")
 BAKED = Path("/models")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+log = logging.getLogger("worker")
 
 
 def cache_env(env: Mapping[str, str], volume: Path = VOLUME, baked: Path = BAKED,
@@ -34,6 +38,23 @@ def cache_env(env: Mapping[str, str], volume: Path = VOLUME, baked: Path = BAKED
         "FLASHINFER_WORKSPACE_BASE": kernels / "flashinfer",
     }
     return {name: str(path) for name, path in places.items() if not env.get(name)}
+
+
+def seed_model_infos(env: Mapping[str, str]) -> None:
+    """Copy the image's model-info cache (builder/model_infos.py wrote it in vLLM's default cache
+    root) to the VLLM_CACHE_ROOT that `env` names, if that one has none yet: a new network volume's
+    first start then does not inspect the model's class in a second Python process either.
+
+    vLLM checks each entry against the hash of its model's source, so a stale one is inspected again."""
+    if not env.get("VLLM_CACHE_ROOT"):
+        return
+    image = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vllm" / "modelinfos"  # vLLM's default
+    target = Path(env["VLLM_CACHE_ROOT"]) / "modelinfos"
+    if image.is_dir() and not target.exists():
+        try:
+            shutil.copytree(image, target, dirs_exist_ok=True)  # another worker may be copying too
+        except OSError as e:  # vLLM then inspects the class, as without the copy
+            log.warning("vLLM's model-info cache not copied to %s: %s", target, e)
 
 
 def cache_key(model: str, vllm: str, gpu: str) -> Path:

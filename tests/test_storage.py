@@ -42,3 +42,22 @@ def test_no_volume_no_baked_kernels_no_change(tmp_path):
 
 def test_variables_the_user_set_win(tmp_path):
     assert "HF_HOME" not in storage.cache_env({"HF_HOME": "/data/hf"}, volume=tmp_path)
+
+
+def test_the_image_s_model_infos_seed_a_new_cache_root(tmp_path):
+    image = tmp_path / "xdg" / "vllm" / "modelinfos"
+    image.mkdir(parents=True)
+    (image / "m-Llama.json").write_text('{"hash": "h"}')
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "VLLM_CACHE_ROOT": str(tmp_path / "volume" / "vllm")}
+    storage.seed_model_infos(env)
+    assert (tmp_path / "volume" / "vllm" / "modelinfos" / "m-Llama.json").read_text() == '{"hash": "h"}'
+
+    (image / "m-Qwen.json").write_text("{}")  # a root that has model infos keeps its own
+    storage.seed_model_infos(env)
+    assert not (tmp_path / "volume" / "vllm" / "modelinfos" / "m-Qwen.json").exists()
+
+
+def test_no_seeding_without_a_cache_root_or_image_infos(tmp_path):
+    storage.seed_model_infos({"XDG_CACHE_HOME": str(tmp_path)})
+    storage.seed_model_infos({"XDG_CACHE_HOME": str(tmp_path / "none"), "VLLM_CACHE_ROOT": str(tmp_path / "v")})
+    assert list(tmp_path.iterdir()) == []
