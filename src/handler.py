@@ -84,7 +84,7 @@ def main():
     storage.seed_model_infos(os.environ)
     local = "--rp_serve_api" not in sys.argv and not config.in_runpod(os.environ)
     probing = None if local else cpu_probe.start()  # for the runpod SDK, imported once the engine is up
-    reading = prefetch.start(env)  # the weights, while vLLM imports
+    reading = prefetch.start(env)  # the weights, while vLLM imports and starts its engine
     import worker as worker_module
 
     if probing:

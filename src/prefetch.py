@@ -1,9 +1,12 @@
-"""Reads the model's weight files into memory while the worker imports vLLM.
+"""Reads the model's weight files into memory while the worker imports vLLM and starts its engine.
 
-Importing vLLM takes 20-30 s of CPU and leaves the disk idle. Meanwhile a thread reads the weights
-that are already on this machine (a local folder, a baked model, or a Hub model in the volume's
-cache), so that vLLM's loader finds them in the page cache. The thread stops before the engine
-starts; vLLM reads whatever is left itself.
+Importing vLLM takes 10-30 s of CPU and leaves the disk idle, and the engine's process then spends
+seconds on CUDA before its loader reads a byte. Meanwhile a thread reads the weights that are
+already on this machine (a local folder, a baked model, or a Hub model in the volume's cache), so
+that vLLM's loader finds them in the page cache. The worker stops it once the engine is up.
+
+The thread may run while vLLM forks its engine process: it holds no lock there, only a file that
+it reads with no buffer (the child gets the open descriptor and never uses it).
 """
 
 import logging
@@ -62,10 +65,10 @@ class Prefetch:
             self._seconds = time.monotonic() - self._began
 
     def stop(self) -> None:
-        """Stop reading (before vLLM forks its engine processes) and log what was read."""
+        """Stop reading, if it has not finished, and log what was read."""
         self._stop.set()
         self._thread.join()
-        log.info("prefetch: %.2f of %.2f GiB of weights read into memory in %.1f s, during imports",
+        log.info("prefetch: %.2f of %.2f GiB of weights read into memory in %.1f s",
                  self.bytes_read / 2**30, self.total / 2**30, self._seconds)
 
 

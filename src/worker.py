@@ -32,7 +32,7 @@ class Worker:
 def start(env=os.environ, prefetching: prefetch.Prefetch | None = None) -> Worker:
     """Read settings and start the engine. Raises config.ConfigError for a bad setting.
 
-    Stops `prefetching` before the engine starts. Logs where start-up time went, down to the
+    Stops `prefetching` once the engine is up. Logs where start-up time went, down to the
     engine's phases (see startup.py)."""
     imports = startup.seconds_since_process_start()
     began = time.monotonic()
@@ -45,8 +45,6 @@ def start(env=os.environ, prefetching: prefetch.Prefetch | None = None) -> Worke
     configured = time.monotonic()
     os.environ.update(settings.vllm_env)
     startup.record_engine_phases()
-    if prefetching:
-        prefetching.stop()
     fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
     os.close(fd)
     os.environ[startup.FILE_ENV] = phases_file  # the engine's processes inherit it
@@ -56,6 +54,8 @@ def start(env=os.environ, prefetching: prefetch.Prefetch | None = None) -> Worke
     finally:
         del os.environ[startup.FILE_ENV]
         os.unlink(phases_file)
+        if prefetching:
+            prefetching.stop()
     done = time.monotonic()
     log.info(startup.summary(imports, configured - began, done - configured, phases))
     return started

@@ -1,4 +1,4 @@
-"""Reading the weights into memory during imports: which files, from where, how much (no engine)."""
+"""Reading the weights into memory during the start: which files, from where, how much (no engine)."""
 
 import logging
 

@@ -68,8 +68,10 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
     # The worker's own INFO lines outlive vLLM's OpenAI app, whose build reset the root logger's level.
     assert re.search(r"job native-stream route=native prompt_tokens=\d+ output_tokens=12 .* status=ok", log), log[-3000:]
     assert "SIGTERM: no new jobs" in log
-    # The model's weights were read into memory while vLLM imported.
+    # The model's weights were read into memory while vLLM imported and started its engine: the
+    # reading stops once the engine is up, not as it starts.
     assert re.search(r"prefetch: ([\d.]+) of \1 GiB of weights read into memory", log), log[-3000:]
+    assert log.index("init engine (profile, create kv cache, warmup model) took") < log.index("prefetch: ")
     # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no graphs).
     assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s "
                      r"\(weight load [\d.]+ s, KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]
