@@ -13,6 +13,13 @@
 #   bash bench/gpu_run.sh bytecode    # vLLM's import without and with torch's bytecode compiled; FAST_BOOT start with it
 #   bash bench/gpu_run.sh versions DIR  # FAST_BOOT warm starts of DIR/handler.py (an older src/) and of src/, twice each
 #   bash bench/gpu_run.sh interval    # (b), then (a) and (c), with the stream interval of 4 and with vLLM's 1
+#   bash bench/gpu_run.sh image       # the image's Python (bench/image_env.py); FAST_BOOT empty starts in it,
+#                                     # without and with the image's model-info cache, then warm
+#   bash bench/gpu_run.sh image_warm  # after image: warm FAST_BOOT starts, this machine's Python and the image's
+#   bash bench/gpu_run.sh fastboot_cost  # (a) with the default settings, then with FAST_BOOT, on one machine
+#   bash bench/gpu_run.sh image_weights  # as image, with 15 GiB of weights on local disk, out of the page cache
+#   bash bench/gpu_run.sh image_versions DIR  # image_weights' setup and empty start, then its warm starts of
+#                                     # DIR/handler.py (an older src/) and of src/, alternating
 #   (throughput takes bench.py's options: bash bench/gpu_run.sh throughput --modes a b c)
 # Run `cold` first: it leaves the caches on /runpod-volume that the other parts start from.
 # Needs vLLM 0.32 importable (see ../shared/gpu/README.md: PYTHONPATH=/tmp/site).
@@ -28,9 +35,10 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   local label=$1; shift
   python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
 }
-part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, versions or interval}"
+part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, versions, interval, image, image_warm, image_weights, image_versions or fastboot_cost}"
 shift
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
+in_image() { PATH=/tmp/image/venv/bin:$PATH "$@"; }  # the Python bench/image_env.py made
 weights() { ls "$MODEL"/*.safetensors > /dev/null 2>&1 || python3 bench/make_model.py "$MODEL" --weights; }
 case "$part" in
   cold) cold ;;
@@ -100,4 +108,39 @@ for module in (torch, transformers):
   interval)
     throughput interval_4 --modes b a c
     STREAM_INTERVAL=1 throughput interval_1 --modes b a c ;;
+  image)
+    python3 bench/image_env.py /tmp/image | tee "$OUT/image_env.txt"
+    for python in python3 /tmp/image/venv/bin/python; do  # what transformers imports that the image lacks
+      $python -c "import sys; sys.path.insert(0, 'src'); import engine
+print(sys.executable, 'imported:', sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'pandas', 'pyarrow', 'accelerate'}))"
+    done 2>&1 | grep imported: | tee -a "$OUT/image_env.txt"
+    export FAST_BOOT=true
+    rm -rf ~/.cache/vllm/modelinfos
+    in_image cold --label image_without_model_infos --runs empty
+    in_image python3 builder/model_infos.py LlamaForCausalLM  # as the Dockerfile does, in vLLM's default cache root
+    in_image cold --label image --runs empty warm ;;
+  image_warm)  # after image, whose caches these starts find; alternating
+    export FAST_BOOT=true
+    for round in 1 2; do
+      cold --label "machine_python_$round" --runs warm
+      in_image cold --label "image_python_$round" --runs warm
+    done ;;
+  image_weights|image_versions)
+    [ -d /tmp/image ] || python3 bench/image_env.py /tmp/image > "$OUT/image_env.txt"
+    export FAST_BOOT=true LOAD_FORMAT=auto
+    in_image python3 builder/model_infos.py LlamaForCausalLM
+    weights
+    if [ "$part" = image_weights ]; then
+      in_image cold --label image_weights --runs empty warm --evict-weights
+      in_image cold --label image_weights_2 --runs warm --evict-weights
+    else
+      in_image cold --label image_versions --runs empty --evict-weights
+      for round in 1 2; do
+        in_image cold --label "image_versions_before_$round" --runs warm --evict-weights --worker "$1/handler.py"
+        in_image cold --label "image_versions_after_$round" --runs warm --evict-weights
+      done
+    fi ;;
+  fastboot_cost)
+    throughput default_a --modes a
+    FAST_BOOT=true throughput fast_boot_a --modes a ;;
 esac
