@@ -20,6 +20,7 @@
 #   bash bench/gpu_run.sh image_weights  # as image, with 15 GiB of weights on local disk, out of the page cache
 #   bash bench/gpu_run.sh image_versions DIR  # image_weights' setup and empty start, then its warm starts of
 #                                     # DIR/handler.py (an older src/) and of src/, alternating
+#   bash bench/gpu_run.sh image_default  # as image_weights, with the default settings instead of FAST_BOOT
 #   (throughput takes bench.py's options: bash bench/gpu_run.sh throughput --modes a b c)
 # Run `cold` first: it leaves the caches on /runpod-volume that the other parts start from.
 # Needs vLLM 0.32 importable (see ../shared/gpu/README.md: PYTHONPATH=/tmp/site).
@@ -35,7 +36,7 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   local label=$1; shift
   python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
 }
-part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, versions, interval, image, image_warm, image_weights, image_versions or fastboot_cost}"
+part="${1:?part: cold, throughput, tests, fastboot, flashinfer, profile, fastboot_parts, kv_bytes, weights, loaders, bytecode, versions, interval, image, image_warm, image_weights, image_versions, image_default or fastboot_cost}"
 shift
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
 in_image() { PATH=/tmp/image/venv/bin:$PATH "$@"; }  # the Python bench/image_env.py made
@@ -125,14 +126,17 @@ print(sys.executable, 'imported:', sorted({m.split('.')[0] for m in sys.modules}
       cold --label "machine_python_$round" --runs warm
       in_image cold --label "image_python_$round" --runs warm
     done ;;
-  image_weights|image_versions)
+  image_weights|image_versions|image_default)
     [ -d /tmp/image ] || python3 bench/image_env.py /tmp/image > "$OUT/image_env.txt"
-    export FAST_BOOT=true LOAD_FORMAT=auto
+    export LOAD_FORMAT=auto
+    [ "$part" = image_default ] || export FAST_BOOT=true
     in_image python3 builder/model_infos.py LlamaForCausalLM
     weights
     if [ "$part" = image_weights ]; then
       in_image cold --label image_weights --runs empty warm --evict-weights
       in_image cold --label image_weights_2 --runs warm --evict-weights
+    elif [ "$part" = image_default ]; then
+      in_image cold --label image_default --runs empty warm --evict-weights
     else
       in_image cold --label image_versions --runs empty --evict-weights
       for round in 1 2; do
