@@ -15,7 +15,6 @@ the staged vLLM, stay), and compiles all of it into DIR/pycache, which only that
 
 import argparse
 import os
-import re
 import site
 import subprocess
 import sys
@@ -24,8 +23,10 @@ from pathlib import Path
 
 try:
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 except ImportError:  # pip's copy
     from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
 
 
 def needed(requirements: list[str]) -> dict[str, metadata.Distribution]:
@@ -35,7 +36,7 @@ def needed(requirements: list[str]) -> dict[str, metadata.Distribution]:
     seen = set()
     while todo:
         requirement = todo.pop()
-        key = (canonical(requirement.name), frozenset(requirement.extras))
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
         if key in seen:
             continue
         seen.add(key)
@@ -43,17 +44,13 @@ def needed(requirements: list[str]) -> dict[str, metadata.Distribution]:
             dist = metadata.distribution(requirement.name)
         except metadata.PackageNotFoundError:
             continue  # the image has it; this machine does not, and the start shows if it matters
-        found[canonical(requirement.name)] = dist
+        found[canonicalize_name(requirement.name)] = dist
         for line in dist.requires or []:
             dependency = Requirement(line)
             if dependency.marker is None or any(dependency.marker.evaluate({"extra": extra})
                                                 for extra in requirement.extras | {""}):
                 todo.append(dependency)
     return found
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def top_level_entries(dist: metadata.Distribution) -> set[str]:
@@ -80,7 +77,7 @@ def main():
                 if (root / name).exists() and not (farm / name).exists():
                     (farm / name).symlink_to(root / name)
                     linked.add(name)
-    hidden = sorted({canonical(d.metadata["Name"]) for d in metadata.distributions()
+    hidden = sorted({canonicalize_name(d.metadata["Name"]) for d in metadata.distributions()
                      if Path(d.locate_file("")).resolve() in machine} - set(dists))
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", "--clear", str(args.dir / "venv")], check=True)
     venv_site = next((args.dir / "venv" / "lib").glob("python*/site-packages"))
