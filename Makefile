@@ -9,7 +9,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test lint clean
+.PHONY: install run check test test-unit clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,19 @@ $(VENV)/.installed: requirements-cpu.txt
 run: install
 	$(PY) src/handler.py
 
-test: install
-	$(PY) -m pytest -q tests
+# The invariants: lint (vLLM and torch imported only by the engine adapter), types, the images, the scripts.
+check: install
+	$(VENV)/bin/ruff check src tests bench builder
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.baked
+	$(VENV)/bin/shellcheck .ci/run builder/*.sh bench/*.sh
+
+test: check
+	$(PY) -m pytest -q
+
+# Seconds: the tests that need neither the engine nor a worker process.
+test-unit: install
+	$(PY) -m pytest -q -m "not engine and not process"
 
 clean:
 	rm -rf $(VENV)

@@ -62,7 +62,8 @@ def top_level_entries(dist: metadata.Distribution) -> set[str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path)
-    parser.add_argument("--requirements", type=Path, default=Path(__file__).resolve().parent.parent / "requirements.txt")
+    parser.add_argument("--requirements", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "requirements.txt")
     args = parser.parse_args()
     lines = [line.split("#")[0].strip() for line in args.requirements.read_text().splitlines()]
     dists = needed([line for line in lines if line])

@@ -5,4 +5,4 @@ set -euo pipefail
 src="${1:?usage: check_source.sh SRC_DIR}"
 python3 -m compileall -q "$src"
 cd "$src"
-python3 -c "import config, errors, handler, jobs, limits, native, openai_path, serve, baked, storage"
+python3 -c "import handler, serve, worker_vllm.main, worker_vllm.router, worker_vllm.local.endpoint"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # /src in the image
 
-import engine  # noqa: E402
+from worker_vllm import engine
 
 if __name__ == "__main__":
     failed = engine.cache_model_infos(sys.argv[1:] or None)

@@ -7,7 +7,7 @@ on this GPU, so that the endpoint's workers start warm.
 It starts the worker once, as Runpod does, and runs one short job. The model and engine settings
 come from the same environment variables the endpoint has (MODEL_NAME, MAX_MODEL_LEN, FAST_BOOT,
 ...), because the caches fit only those. The worker keys the caches by model, vLLM version and GPU
-(src/storage.py), so a worker on another GPU or vLLM never loads them.
+(src/worker_vllm/startup/caches.py), so a worker on another GPU or vLLM never loads them.
 """
 
 import argparse
@@ -26,15 +26,15 @@ def main() -> int:
     parser.add_argument("root", type=Path, help="the network volume's mount point, or /models in a baked image")
     args = parser.parse_args()
     sys.path.insert(0, str(SRC))
-    import baked
-    import config
-    import storage
+    from worker_vllm import config
+    from worker_vllm.startup import baked, caches
 
     (args.root / "cache").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in config.RUNPOD_MARKERS}  # one local job, not the queue
-    env |= storage.cache_env(baked.apply(env), volume=args.root)
+    env |= caches.cache_env(baked.apply(env), volume=args.root)
     print(f"warm_cache: caches go to {Path(env['VLLM_CACHE_ROOT']).parent}", flush=True)
-    return subprocess.run([sys.executable, str(SRC / "handler.py"), "--test_input", json.dumps(JOB)], env=env).returncode
+    command = [sys.executable, str(SRC / "handler.py"), "--test_input", json.dumps(JOB)]
+    return subprocess.run(command, env=env).returncode
 
 
 if __name__ == "__main__":

@@ -1,22 +1,17 @@
-"""One real vLLM engine (CPU, embedded tiny model) for the whole test session.
+"""One real vLLM engine (CPU, embedded tiny model) for the whole test session, and the markers
+that group the tests by what they need: nothing, the session engine (`engine`), or worker
+processes of their own (`process`, set by those modules)."""
 
-vLLM's AsyncLLM binds to the event loop of its first request, so every test talks to it through
-one loop that runs in a background thread: `run(coro)` and `collect(async_iterator)`.
-"""
-
-import asyncio
 import json
 import os
-import sys
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-import storage  # noqa: E402
+from helpers import EngineLoop
+from worker_vllm.jobs import InFlight
+from worker_vllm.startup import caches, tiny_model
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # On CPU, the tiny model in float32 in every engine the tests start, the session's and those of
@@ -24,31 +19,19 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # that kernel dies with SIGILL in a process that never asked Linux for AMX (a 1-token prompt does it).
 # The GPU is looked up in the driver's files: torch.cuda.is_available() before vLLM is imported
 # starts CUDA in this process, and vLLM's forked engine process then cannot use it.
-if storage.gpu_name() == "cpu":
+if caches.gpu_name() == "cpu":
     os.environ.setdefault("DTYPE", "float32")
 os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
 for marker in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB"):
     os.environ.pop(marker, None)
 
-import tiny_model
+ENGINE_FIXTURES = {"worker", "engine_loop", "run_job", "handler", "endpoint"}
 
 
-class EngineLoop:
-    """An event loop in a thread; tests submit coroutines to it and wait."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 120):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def collect(self, items, timeout: float = 120) -> list:
-        async def gather():
-            return [item async for item in items]
-
-        return self.run(gather(), timeout)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if ENGINE_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.engine)
 
 
 # The embedded model's own chat template, plus a thinking mode a request can switch on: without
@@ -77,7 +60,7 @@ SESSION_ENV = {
 def engine_loop():
     loop = EngineLoop()
     yield loop
-    loop.loop.call_soon_threadsafe(loop.loop.stop)
+    loop.stop()
 
 
 def write_tiny_lora(path: Path, rank: int = 8) -> Path:
@@ -113,40 +96,45 @@ def lora_env(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def worker(engine_loop, lora_env):
-    """The started worker, serving the embedded tiny model; handler.handler routes to it."""
-    import handler
-    import worker as worker_module
+    """The started worker, serving the embedded tiny model."""
+    from worker_vllm import worker as worker_module
 
     env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | SESSION_ENV | lora_env
     started = worker_module.start(env)
-    handler.worker = started
     engine_loop.run(started.engine.ready())
     yield started
     started.engine.shutdown()
 
 
+@pytest.fixture(scope="session")
+def handler(worker):
+    """The runpod SDK's handler on the session's worker."""
+    from worker_vllm.router import make_handler
+
+    return make_handler(worker, InFlight())
+
+
 @pytest.fixture
-def run_job(worker, engine_loop):
+def run_job(handler, engine_loop):
     """Run one job through the real handler; returns the list of yielded items."""
-    import handler
 
     def run(job_input: dict, job_id: str | None = None) -> list:
         job = {"id": job_id or f"test-{uuid.uuid4().hex[:12]}", "input": job_input}
-        return engine_loop.collect(handler.handler(job))
+        return engine_loop.collect(handler(job))
 
     return run
 
 
 @pytest.fixture(scope="session")
-def endpoint(worker, engine_loop):
-    """src/serve.py's app on 127.0.0.1 (a free port), on the session engine; yields its base URL."""
+def endpoint(worker, handler, engine_loop):
+    """The local endpoint's app (src/serve.py) on 127.0.0.1 (a free port), on the session engine;
+    yields its base URL."""
     from aiohttp import web
 
-    import handler
-    import serve
+    from worker_vllm.local import endpoint as local_endpoint
 
     async def start():
-        runner = web.AppRunner(serve.create_app(handler.handler, worker.concurrency, runsync_timeout=60))
+        runner = web.AppRunner(local_endpoint.create_app(handler, worker.concurrency, runsync_timeout=60))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

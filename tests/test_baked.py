@@ -12,9 +12,8 @@ import threading
 import pytest
 from aiohttp import web
 
-import baked
-import tiny_model
-from fake_runpod import ROOT
+from helpers import ROOT, local_env, run_test_input
+from worker_vllm.startup import baked, tiny_model
 
 REPO, SHA = "acme/tiny-chat", "0123456789abcdef0123456789abcdef01234567"
 
@@ -104,13 +103,11 @@ def test_manifest_sets_the_local_path_and_the_repo_id(baked_models):
     assert baked.apply(other) == other
 
 
+@pytest.mark.process
 def test_worker_serves_the_baked_model_offline_under_its_repo_id(baked_models, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_NAME", "RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")}
-    env |= {"BAKED_MODEL_MANIFEST": str(baked_models[0] / "manifest.json"), "HF_HUB_OFFLINE": "1",
-            "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "1024"}
-    job = json.dumps({"input": {"openai_route": "/v1/models"}})
-    proc = subprocess.run([sys.executable, str(ROOT / "src" / "handler.py"), "--test_input", job],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = local_env({"BAKED_MODEL_MANIFEST": str(baked_models[0] / "manifest.json"), "HF_HUB_OFFLINE": "1",
+                     "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "1024"})
+    proc = run_test_input(json.dumps({"input": {"openai_route": "/v1/models"}}), tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"object": "list"')))
     assert [m["id"] for m in models["data"]] == [REPO]

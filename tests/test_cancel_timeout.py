@@ -9,20 +9,18 @@ import uuid
 
 import pytest
 
-import handler
-
 LONG = {"max_tokens": 2000, "ignore_eos": True}
 CHAT = [{"role": "user", "content": "hi"}]
 
 
-def cancel_after_first_item(engine_loop, worker, job_input) -> float:
+def cancel_after_first_item(engine_loop, worker, handler, job_input) -> float:
     """Start a job, cancel its task after its first item; seconds until vLLM has no request left."""
 
     async def scenario():
         first = asyncio.Event()
 
         async def consume():
-            async for _ in handler.handler({"id": f"cancel-{uuid.uuid4().hex[:8]}", "input": job_input}):
+            async for _ in handler({"id": f"cancel-{uuid.uuid4().hex[:8]}", "input": job_input}):
                 first.set()
 
         task = asyncio.create_task(consume())
@@ -41,8 +39,8 @@ def cancel_after_first_item(engine_loop, worker, job_input) -> float:
     {"prompt": "hello", "stream": True, "sampling_params": LONG},
     {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, "stream": True, **LONG}},
 ], ids=["native", "openai"])
-def test_a_cancelled_job_aborts_its_vllm_request_within_1_s(engine_loop, worker, job_input):
-    assert cancel_after_first_item(engine_loop, worker, job_input) < 1
+def test_a_cancelled_job_aborts_its_vllm_request_within_1_s(engine_loop, worker, handler, job_input):
+    assert cancel_after_first_item(engine_loop, worker, handler, job_input) < 1
 
 
 def test_native_timeout_ends_with_an_error_and_the_partial_output(run_job, worker):

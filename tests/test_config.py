@@ -2,9 +2,7 @@
 
 import pytest
 
-import config
-import engine
-import redact
+from worker_vllm import config, engine, redact
 
 PARSER = engine.arg_parser()
 TINY = "/models/tiny"
@@ -136,18 +134,19 @@ def test_fast_boot_preset_sets_no_compile_fewer_full_cuda_graphs_and_vllm_env():
     compilation = s.engine_args.compilation_config
     assert compilation.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
     assert (compilation.mode, compilation.cudagraph_mode.name) == (0, "FULL")
-    assert s.vllm_env == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    assert config.vllm_env({}, s.worker) == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     # Each part yields to the variable that sets it.
-    s, _ = settings({"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",
-                     "COMPILATION_CONFIG": '{"cudagraph_capture_sizes": [1, 8]}'})
+    env = {"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",
+           "COMPILATION_CONFIG": '{"cudagraph_capture_sizes": [1, 8]}'}
+    s, _ = settings(env)
     assert s.engine_args.compilation_config.cudagraph_capture_sizes == [1, 8]
-    assert s.vllm_env == {"VLLM_ENABLE_STARTUP_PLAN": "1"}
+    assert config.vllm_env(env, s.worker) == {"VLLM_ENABLE_STARTUP_PLAN": "1"}
 
 
 def test_without_fast_boot_nothing_changes():
     s, _ = settings({"MODEL_NAME": "m"})
-    assert s.vllm_env == {} and s.engine_args.compilation_config.cudagraph_capture_sizes is None
-    with pytest.raises(config.ConfigError, match="FAST_BOOT='fast' is not a boolean"):
+    assert config.vllm_env({}, s.worker) == {} and s.engine_args.compilation_config.cudagraph_capture_sizes is None
+    with pytest.raises(config.ConfigError, match="FAST_BOOT='fast' is not valid: Input should be a valid boolean"):
         settings({"MODEL_NAME": "m", "FAST_BOOT": "fast"})
 
 

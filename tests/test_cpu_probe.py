@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 PROBE_THEN_IMPORT_SDK = """
-import json, cpuinfo, cpu_probe
+import json, cpuinfo
+from worker_vllm.startup import cpu_probe
 cpu_probe.start().join()
 from runpod.serverless.utils import rp_debugger
 calls = cpuinfo.get_cpu_info.cache_info()

@@ -1,14 +1,15 @@
 """The worker process under the runpod SDK: SIGTERM, engine death, start-up failure."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
+import pytest
 
-from fake_runpod import ROOT, FakeRunpod, start_worker, wait_for
+from helpers import local_env, run_test_input
+from worker_vllm.local.fake_runpod import FakeRunpod, start_worker, wait_for
+
+pytestmark = pytest.mark.process  # each test starts worker processes of its own
 
 
 def long_job(job_id: str, max_tokens: int = 2000) -> dict:
@@ -58,10 +59,8 @@ def test_engine_death_fails_jobs_in_flight_and_exits_non_zero_within_5_s(tmp_pat
 
 
 def test_startup_failure_is_one_line_with_the_cause(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")}
-    env |= {"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "src" / "handler.py"), "--test_input", '{"input": {"prompt": "x"}}'],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    env = local_env({"MODEL_NAME": str(tmp_path / "no-such-model"), "HF_HUB_OFFLINE": "1"})
+    proc = run_test_input('{"input": {"prompt": "x"}}', tmp_path, env)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("startup failed: ") and "no-such-model" in last, proc.stderr[-2000:]

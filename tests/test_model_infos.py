@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from helpers import ROOT, run_test_input
+
+pytestmark = pytest.mark.process  # each test starts worker processes of its own
 
 LLAMA_INFO = "modelinfos/vllm-model_executor-models-llama-LlamaForCausalLM.json"
 
@@ -25,9 +29,7 @@ def test_a_worker_uses_the_model_infos_the_image_build_wrote(tmp_path):
     # A worker whose caches are elsewhere, empty, as on a new network volume.
     volume_root = tmp_path / "volume" / "vllm"
     job = '{"input": {"prompt": "hi", "sampling_params": {"max_tokens": 2}}}'  # the embedded model: a Llama
-    run = subprocess.run([sys.executable, str(ROOT / "src" / "handler.py"), "--test_input", job], cwd=tmp_path,
-                         env=env | {"VLLM_CACHE_ROOT": str(volume_root), "VLLM_LOGGING_LEVEL": "DEBUG"},
-                         capture_output=True, text=True, timeout=300)
+    run = run_test_input(job, tmp_path, env | {"VLLM_CACHE_ROOT": str(volume_root), "VLLM_LOGGING_LEVEL": "DEBUG"})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "LlamaForCausalLM from cache" in run.stdout + run.stderr
     assert "Loading model instead" not in run.stdout + run.stderr

@@ -6,6 +6,7 @@ import json
 import openai
 import pytest
 import requests
+
 from conftest import LORA_NAME
 
 CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]

@@ -2,7 +2,7 @@
 
 import logging
 
-import prefetch
+from worker_vllm.startup import prefetch
 
 
 def write(path, size: int):
@@ -62,14 +62,6 @@ def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
     reading._thread.join(30)
     assert reading.bytes_read == 100
     assert prefetch.start({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "dummy"}) is None
-    assert prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": "false"}) is None
-    assert prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": "maybe"}) is None  # the settings check says why
     assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
     assert prefetch.start({}) is None
 
-
-def test_reads_its_setting_as_the_worker_settings_do(tmp_path):
-    write(tmp_path / "model.safetensors", 100)
-    unset = prefetch.start({"MODEL_NAME": str(tmp_path), "PREFETCH_WEIGHTS": ""})  # empty is unset: the default, on
-    unset._thread.join(30)
-    assert unset.bytes_read == 100

@@ -8,7 +8,11 @@ import json
 import re
 import signal
 
-from fake_runpod import FakeRunpod, start_worker, wait_for
+import pytest
+
+from worker_vllm.local.fake_runpod import FakeRunpod, start_worker, wait_for
+
+pytestmark = pytest.mark.process  # each test starts worker processes of its own
 
 SECRETS = {"HF_TOKEN": "hf_plantedHfToken0123456789", "RUNPOD_AI_API_KEY": "rpa_plantedApiKey987654",
            "MY_SERVICE_SECRET": "planted-service-secret-42"}

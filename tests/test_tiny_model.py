@@ -3,7 +3,7 @@
 import hashlib
 import json
 
-import tiny_model
+from worker_vllm.startup import tiny_model
 
 
 def digest(path) -> dict:

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-import limits
+from worker_vllm.paths import limits
 
 CHAT = [{"role": "user", "content": "hi"}]
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-import startup
-from conftest import ROOT
+from helpers import ROOT
+from worker_vllm.startup import phases
 
 VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel workers
     "Model loading took 7.5 GiB memory and 3.25 seconds",
@@ -22,35 +22,35 @@ VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel work
 def test_vllm_phase_records_are_noted_and_summed_up(tmp_path, monkeypatch):
     phases_file = tmp_path / "phases"
     phases_file.touch()
-    monkeypatch.setenv(startup.FILE_ENV, str(phases_file))
-    startup.record_engine_phases()
+    monkeypatch.setenv(phases.FILE_ENV, str(phases_file))
+    phases.record_engine_phases()
     log = logging.getLogger("vllm.test")
     log.setLevel(logging.INFO)
     for line in VLLM_LINES:
         log.info(line)
     logging.getLogger("somebody.else").warning("Loading weights took 99 seconds")  # not vLLM's
 
-    phases = startup.engine_phases(phases_file)
-    assert phases == {"weight load": 3.75, "torch.compile": 20.5, "CUDA graphs": 6.0,
+    found = phases.engine_phases(phases_file)
+    assert found == {"weight load": 3.75, "torch.compile": 20.5, "CUDA graphs": 6.0,
                       "KV cache profiling and warm-up": 4.5}
-    line = startup.summary(25.0, 0.25, 35.0, phases)
+    line = phases.summary(25.0, 0.25, 35.0, found)
     assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (weight load 3.8 s, "
                     "torch.compile 20.5 s, CUDA graphs 6.0 s, KV cache profiling and warm-up 4.5 s); "
                     "ready 60.2 s after process start")
 
 
 def test_nothing_is_noted_once_the_worker_removed_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv(startup.FILE_ENV, str(tmp_path / "gone"))
-    startup.record_engine_phases()
+    monkeypatch.setenv(phases.FILE_ENV, str(tmp_path / "gone"))
+    phases.record_engine_phases()
     logging.getLogger("vllm.test").info("torch.compile took 1.00 s in total")
     assert not (tmp_path / "gone").exists()
-    assert startup.engine_phases(tmp_path / "gone") == {}
+    assert phases.engine_phases(tmp_path / "gone") == {}
 
 
 def test_seconds_since_process_start_counts_from_the_process_launch():
     launched = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", "import time, startup; time.sleep(0.3); "
-                           "print(startup.seconds_since_process_start())"],
+    done = subprocess.run([sys.executable, "-c", "from worker_vllm.startup import phases; import time; time.sleep(0.3); "
+                           "print(phases.seconds_since_process_start())"],
                           cwd=ROOT / "src", capture_output=True, text=True, timeout=60, check=True)
     took = time.monotonic() - launched
     assert 0.3 <= float(done.stdout) <= took + 0.01  # the kernel notes the start in 10 ms ticks

@@ -13,13 +13,13 @@ LONG = {"prompt": "hello", "stream": True, "sampling_params": {"max_tokens": 200
 
 @contextlib.contextmanager
 def local_endpoint(engine_loop, handler, **options):
-    """Another serve.py app on 127.0.0.1, on the session engine's loop; yields its base URL."""
+    """Another local endpoint app on 127.0.0.1, on the session engine's loop; yields its base URL."""
     from aiohttp import web
 
-    import serve
+    from worker_vllm.local import endpoint
 
     async def start():
-        runner = web.AppRunner(serve.create_app(handler, 4, **options))
+        runner = web.AppRunner(endpoint.create_app(handler, 4, **options))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -138,10 +138,8 @@ def test_a_failing_handler_is_an_openai_500(engine_loop):
         assert "boom" in err.value.message
 
 
-def test_api_key_is_required_when_set(engine_loop, worker):
-    import handler
-
-    with local_endpoint(engine_loop, handler.handler, api_key="sk-local-123") as base:
+def test_api_key_is_required_when_set(engine_loop, handler):
+    with local_endpoint(engine_loop, handler, api_key="sk-local-123") as base:
         assert requests.post(f"{base}/run", json={"input": {"prompt": "x"}}, timeout=10).status_code == 401
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/openai/v1", api_key="wrong", max_retries=0).models.list()

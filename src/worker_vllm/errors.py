@@ -2,10 +2,10 @@
 
 from pydantic import ValidationError
 
-import redact
+from worker_vllm import redact
 
 
-def describe(exc: Exception) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         parts = []
         for err in exc.errors():

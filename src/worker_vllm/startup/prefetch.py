@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-import config
+from worker_vllm import config
 
 log = logging.getLogger("worker")
 CHUNK = 16 << 20
@@ -77,11 +77,7 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
 
     Reads at most half the memory that is free, so the first files are still cached when vLLM loads them."""
     model = config.model_name(env)
-    try:
-        wanted = config.worker_settings(env).prefetch_weights
-    except config.ConfigError:
-        return None  # the settings check reports it
-    if not wanted or not model or env.get("LOAD_FORMAT", "auto") == "dummy":
+    if not model or env.get("LOAD_FORMAT", "auto") == "dummy":
         return None
     folder = local_folder(model, env.get("MODEL_REVISION") or None)
     files = weight_files(folder) if folder else []

@@ -5,13 +5,12 @@ A vLLM upgrade should touch this file only.
 
 import asyncio
 import difflib
-import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import msgspec
 import vllm.envs as envs
+from fastapi import FastAPI
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -25,6 +24,8 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.v1.engine.async_llm import AsyncLLM
+
+from worker_vllm import asgi
 
 
 class InputError(ValueError):
@@ -62,13 +63,6 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@dataclass
-class HttpResponse:
-    status: int
-    content_type: str
-    body: AsyncIterator[bytes]
-
-
 class Engine:
     """vLLM's AsyncLLM in this process, with vLLM's OpenAI FastAPI app called in-process (ASGI)."""
 
@@ -89,7 +83,7 @@ class Engine:
         # caches them after start-up, and so does this one: per generated token, the front end's
         # stats read one (1 in 8 of this process's samples on an H100 at 256 streams).
         envs.enable_envs_cache()
-        self.app = None
+        self.app: FastAPI | None = None
         self._ready = asyncio.Lock()
 
     @property
@@ -100,8 +94,8 @@ class Engine:
     def served_model_names(self) -> list[str]:
         return list(self.args.served_model_name or [self.args.model])
 
-    async def ready(self):
-        """Build vLLM's OpenAI app on the running loop (once)."""
+    async def ready(self) -> FastAPI:
+        """vLLM's OpenAI app, built on the running loop the first time."""
         async with self._ready:
             if self.app is None:
                 tasks = await self.llm.get_supported_tasks()
@@ -115,6 +109,7 @@ class Engine:
                     root.setLevel(level)
                 await init_app_state(self.llm, app.state, self.args, tasks)
                 self.app = app
+            return self.app
 
     # --- native path -------------------------------------------------------------------------
 
@@ -148,7 +143,8 @@ class Engine:
             sampling = msgspec.convert(params, SamplingParams)  # checks types, then vLLM's own rules
         except msgspec.ValidationError as e:
             message, _, where = str(e).partition(" - at `$.")
-            raise InputError(f"sampling_params.{where.rstrip('`')}: {message}" if where else f"sampling_params: {e}") from None
+            field = f"sampling_params.{where.rstrip('`')}" if where else "sampling_params"
+            raise InputError(f"{field}: {message if where else e}") from None
         except (ValueError, VLLMClientError) as e:
             raise InputError(f"sampling_params: {e}") from None
         if sampling.max_tokens is not None and sampling.max_tokens > self.max_model_len:
@@ -160,8 +156,7 @@ class Engine:
     async def render(self, *, prompt: str | None = None, messages: list | None = None,
                      chat_template_kwargs: dict | None = None):
         """The engine input for a prompt, or for chat messages through the model's chat template."""
-        await self.ready()
-        renderer = self.app.state.online_renderer
+        renderer = (await self.ready()).state.online_renderer
         model = self.served_model_names[0]
         try:
             if messages is not None:
@@ -190,65 +185,10 @@ class Engine:
     # --- OpenAI path -------------------------------------------------------------------------
 
     async def http(self, method: str, path: str, body: dict | None, request_id: str,
-                   on_cancel: Callable[[Callable[[], object]], None] = lambda cancel: None) -> HttpResponse:
-        """Call vLLM's OpenAI app in-process, as an HTTP client would, with no socket in between.
-
-        `on_cancel` receives a function that stops the request, as a client's disconnect does; if
-        it is called before the response starts, the response is an empty 499."""
-        await self.ready()
-        payload = b"" if body is None else json.dumps(body).encode()
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-            "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 80),
-            "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())],
-        }
-        received = False
-        disconnected = asyncio.Event()
-        out: asyncio.Queue = asyncio.Queue()
-
-        async def receive():
-            nonlocal received
-            if not received:
-                received = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            await disconnected.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            await out.put(message)
-
-        async def run():
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                await out.put(None)
-
-        task = asyncio.create_task(run())
-        on_cancel(disconnected.set)  # vLLM aborts the request when its client disconnects
-        start = await out.get()
-        ended = start is None  # the app stopped without answering: cancelled, or it raised
-        if ended:
-            await asyncio.gather(task, return_exceptions=True)
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()
-            start = {"status": 499, "headers": []}
-        headers = dict(start.get("headers", []))
-
-        async def body_chunks():
-            try:
-                while not ended and (message := await out.get()) is not None:
-                    if message.get("body"):
-                        yield message["body"]
-                    if not message.get("more_body", False):
-                        break
-            finally:
-                disconnected.set()
-                if not task.done():
-                    task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-
-        return HttpResponse(start["status"], headers.get(b"content-type", b"").decode(), body_chunks())
+                   on_cancel: Callable[[Callable[[], None]], None] = lambda cancel: None) -> asgi.Response:
+        """vLLM's OpenAI app, called in-process (see asgi.call); vLLM takes `request_id` as its own."""
+        app = await self.ready()
+        return await asgi.call(app, method, path, body, {"x-request-id": request_id}, on_cancel)
 
     def shutdown(self):
         self.llm.shutdown()

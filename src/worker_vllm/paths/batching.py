@@ -4,6 +4,9 @@ traffic without delaying the first token."""
 import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,7 @@ class BatchSizes:
             size = min(self.max, math.ceil(size * self.growth))
 
 
-async def batched(items: AsyncIterator, sizes: BatchSizes, weight: Callable[[object], int]) -> AsyncIterator[list]:
+async def batched(items: AsyncIterator[T], sizes: BatchSizes, weight: Callable[[T], int]) -> AsyncIterator[list[T]]:
     """Lists of consecutive items; each list closes once its items weigh the next size.
 
     Items of weight 0 (a chat stream's role-only first event) ride along with the next item.

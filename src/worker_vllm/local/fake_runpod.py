@@ -11,9 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-import tiny_model
+from worker_vllm.startup import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+HANDLER = Path(__file__).resolve().parents[2] / "handler.py"  # src/handler.py
 
 
 class FakeRunpod:
@@ -22,7 +22,10 @@ class FakeRunpod:
 
     def __init__(self, jobs: list[dict]):
         self.queue = list(jobs)
-        self.batch_sizes, self.streamed, self.done, self.first_streamed_at = [], {}, {}, {}
+        self.batch_sizes: list[int] = []
+        self.streamed: dict[str, list] = {}  # each job's streamed items, as the worker posted them
+        self.done: dict[str, dict] = {}  # each job's final report
+        self.first_streamed_at: dict[str, float] = {}
         self.loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_get("/job-take/{worker}", self.take)
@@ -34,7 +37,7 @@ class FakeRunpod:
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
     def worker_env(self) -> dict:
@@ -79,7 +82,7 @@ def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict) -> tuple[subproces
     } | fake.worker_env() | env
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "handler.py")], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([sys.executable, str(HANDLER)], cwd=tmp_path, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     return proc, log_path
 

@@ -4,15 +4,22 @@ The request goes to vLLM's own OpenAI app in-process. JSON answers are yielded a
 stream is yielded as items of whole SSE events, grouped like native token batches.
 """
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-import errors
-import limits
-import native
-from batching import batched
+from worker_vllm import errors
+from worker_vllm.jobs import Job
+from worker_vllm.paths import limits, native
+from worker_vllm.paths.base import Item
+from worker_vllm.paths.batching import batched
+
+if TYPE_CHECKING:
+    from worker_vllm.config import WorkerSettings
+    from worker_vllm.worker import Worker
 
 ROUTES = {
     "/v1/chat/completions": "POST",
@@ -41,7 +48,7 @@ class OpenAIError(dict):
         return json.dumps(self)
 
 
-def error(message: str, status: int = 400, param: str | None = None, kind: str = "BadRequestError") -> dict:
+def error(message: str, status: int = 400, param: str | None = None, kind: str = "BadRequestError") -> dict[str, Any]:
     return {"error": OpenAIError(message=message, type=kind, param=param, code=status)}
 
 
@@ -75,18 +82,48 @@ def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return events()
 
 
+def _data(event: bytes) -> Any:
+    """The JSON of an SSE event's data line (chat and completions events are only that; Responses
+    events name their type on an "event:" line first); None if it has none."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data: {"):
+            try:
+                return json.loads(line[len(b"data: "):])
+            except ValueError:
+                return None
+    return None
+
+
 def _carries_output(event: bytes) -> int:
     """0 for a chat stream's opening event (the role, no text yet), else 1."""
-    if b'"role"' not in event:
+    if b'"role"' not in event or not event.startswith(b"data: "):
         return 1
-    try:
-        choices = json.loads(event[len(b"data: "):]).get("choices") or [{}]
-    except ValueError:
-        return 1
+    data = _data(event)
+    choices = (data.get("choices") if isinstance(data, dict) else None) or [{}]
     return int(any(value for c in choices for key, value in (c.get("delta") or {}).items() if key != "role"))
 
 
-async def run(worker, job_input: dict, job) -> AsyncIterator:
+def _counts(usage: Any) -> tuple[int | None, int | None] | None:
+    """(prompt, output) tokens of a usage object: chat and completions name them prompt_tokens and
+    completion_tokens, Responses input_tokens and output_tokens."""
+    if not isinstance(usage, dict):
+        return None
+    return (usage.get("prompt_tokens", usage.get("input_tokens")),
+            usage.get("completion_tokens", usage.get("output_tokens")))
+
+
+def _stream_usage(event: bytes) -> tuple[int | None, int | None] | None:
+    """The token counts an SSE event reports: a chat or completions stream's usage event, or a
+    Responses stream's response.completed; None for any other event."""
+    if b'"usage":{' not in event:
+        return None
+    data = _data(event)
+    if not isinstance(data, dict):
+        return None
+    return _counts(data.get("usage") or (data.get("response") or {}).get("usage"))
+
+
+async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIterator[Item]:
     """Yields vLLM's JSON answer, or its SSE stream as text items, or an OpenAI error object."""
     defaults = worker.settings.worker
     try:
@@ -111,26 +148,39 @@ async def run(worker, job_input: dict, job) -> AsyncIterator:
 
     job.set_timeout(request.request_timeout or defaults.request_timeout)
     response = await worker.engine.http(method, request.openai_route, body, job.id, on_cancel=job.on_abort)
-    if not response.content_type.startswith("text/event-stream"):
-        content = b"".join([chunk async for chunk in response.body])
-        if job.abort_reason:
-            yield _aborted(job, "the request was aborted")
-            return
-        payload = json.loads(content or b"null")
-        if response.status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            payload["error"] = OpenAIError(payload["error"])
-        elif response.status == 404:  # vLLM's app has no such route for this model's tasks
-            payload = error(f"openai_route {request.openai_route!r} is not served for this model "
-                            "(completions and chat need a generative model, embeddings a pooling model): "
-                            f"{_detail(payload)}", 404, "openai_route", "NotFoundError")
-        elif response.status >= 400:
-            payload = error(_detail(payload), response.status,
-                            kind="BadRequestError" if response.status < 500 else "InternalServerError")
-        yield payload
-        return
+    async with contextlib.aclosing(response.body):  # also when the SDK stops reading: vLLM aborts the request
+        if response.content_type.startswith("text/event-stream"):
+            async for item in _stream(response.body, request, defaults, job):
+                yield item
+        else:
+            yield _answer(response.status, b"".join([chunk async for chunk in response.body]), request, job)
 
-    async for batch in batched(_sse_events(response.body), native.batch_sizes(request, defaults),
-                               weight=_carries_output):
+
+def _answer(status: int, content: bytes, request: OpenAIInput, job: Job) -> dict[str, Any]:
+    """vLLM's JSON answer, with its error as an OpenAIError the runpod SDK stores as JSON."""
+    if job.abort_reason:
+        return _aborted(job, "the request was aborted")
+    payload = json.loads(content or b"null")
+    if isinstance(payload, dict) and (counts := _counts(payload.get("usage"))):
+        job.report_usage(*counts)
+    if status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        payload["error"] = OpenAIError(payload["error"])
+    elif status == 404:  # vLLM's app has no such route for this model's tasks
+        payload = error(f"openai_route {request.openai_route!r} is not served for this model "
+                        "(completions and chat need a generative model, embeddings a pooling model): "
+                        f"{_detail(payload)}", 404, "openai_route", "NotFoundError")
+    elif status >= 400:
+        payload = error(_detail(payload), status, kind="BadRequestError" if status < 500 else "InternalServerError")
+    return payload
+
+
+async def _stream(chunks: AsyncIterator[bytes], request: OpenAIInput, defaults: "WorkerSettings",
+                  job: Job) -> AsyncIterator[Item]:
+    """vLLM's SSE stream as items of whole events, grouped like native token batches."""
+    async for batch in batched(_sse_events(chunks), native.batch_sizes(request, defaults), weight=_carries_output):
+        for event in batch:
+            if counts := _stream_usage(event):
+                job.report_usage(*counts)
         yield b"".join(batch).decode()
     if job.abort_reason:  # what was streamed is the partial output
         yield _aborted(job, "the stream was cut short")
@@ -142,6 +192,6 @@ def _detail(payload) -> str:
     return detail if isinstance(detail, str) else json.dumps(detail)
 
 
-def _aborted(job, what: str) -> dict:
+def _aborted(job: Job, what: str) -> dict[str, Any]:
     status, kind = (408, "TimeoutError") if job.timed_out else (503, "ServiceUnavailableError")
     return error(f"{job.abort_reason}; {what}", status, kind=kind)

@@ -10,10 +10,11 @@ import difflib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import redact
+from worker_vllm import redact
 
 # Names the worker has always accepted, mapped to the vLLM option they set.
 ALIASES = {
@@ -73,7 +74,7 @@ class WorkerSettings(BaseModel):
     shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
     fast_boot: bool = Field(False, alias="FAST_BOOT")
-    prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")  # also read by prefetch.start, before vLLM imports
+    prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")
 
 
 @dataclass
@@ -81,7 +82,6 @@ class Settings:
     engine_args: argparse.Namespace
     worker: WorkerSettings
     embedded_model: bool
-    vllm_env: dict[str, str]  # vLLM's own environment variables to set before the engine starts
 
 
 def env_names(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -148,7 +148,7 @@ def engine_argv(env: Mapping[str, str], names: Mapping[str, argparse.Action]) ->
         chosen[action.dest] = (name, value)
     for name, value in chosen.values():
         argv += _argv_item(name, value, names[name])
-    known = list(names) + [f.alias for f in WorkerSettings.model_fields.values()]
+    known = list(names) + [f.alias for f in WorkerSettings.model_fields.values() if f.alias]
     for name in env:
         if name in names or name in known:
             continue
@@ -160,7 +160,7 @@ def engine_argv(env: Mapping[str, str], names: Mapping[str, argparse.Action]) ->
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str, argparse.Action],
            env: Mapping[str, str]) -> argparse.Namespace:
-    def error(message: str):
+    def error(message: str) -> NoReturn:
         # argparse says "argument --max-model-len: invalid int value: 'x'"; name the env var instead.
         for name, action in names.items():
             if name in env and any(f"argument {s}" in message for s in action.option_strings if s.startswith("--")):
@@ -168,7 +168,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str,
                 raise ConfigError(f"{name}={_shown(name, env[name])!r} is not valid: {detail}")
         raise ConfigError(message)
 
-    parser.error = error
+    parser.error = error  # type: ignore[method-assign]
     try:
         return parser.parse_args(argv)
     except (ValueError, TypeError) as e:
@@ -186,7 +186,7 @@ def worker_settings(env: Mapping[str, str]) -> WorkerSettings:
         return WorkerSettings.model_validate({k: v for k, v in env.items() if v != ""})
     except ValidationError as e:
         err = e.errors()[0]
-        name = err["loc"][0]
+        name = str(err["loc"][0])
         raise ConfigError(f"{name}={env.get(name)!r} is not valid: {err['msg']}") from None
 
 
@@ -202,8 +202,8 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     embedded = not model_name(env)
     if embedded:
         if in_runpod(env):
-            raise ConfigError("MODEL_NAME is not set: set it to a Hugging Face repo id "
-                              "(e.g. Qwen/Qwen2.5-0.5B-Instruct) or a local path in the endpoint's environment variables")
+            raise ConfigError("MODEL_NAME is not set: set it to a Hugging Face repo id (e.g. "
+                              "Qwen/Qwen2.5-0.5B-Instruct) or a local path in the endpoint's environment variables")
         if tiny_model is None:
             raise ConfigError("MODEL_NAME is not set")
         env["MODEL_NAME"] = tiny_model()
@@ -218,12 +218,15 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     for dest, value in WORKER_DEFAULTS.items():
         if dest.upper() in names:  # an option a later vLLM drops is not set
             env.setdefault(dest.upper(), value)
-    fast_boot = _flag("FAST_BOOT", env.get("FAST_BOOT", "false"))
-    if fast_boot:
+    worker = worker_settings(env)
+    if worker.fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
             env.setdefault(dest.upper(), value)
     argv, warnings = engine_argv(env, names)
     args = _parse(parser, argv, names, env)
-    worker = worker_settings(env)
-    vllm_env = {name: value for name, value in FAST_BOOT_VLLM_ENV.items() if fast_boot and name not in env}
-    return Settings(args, worker, embedded, vllm_env), warnings
+    return Settings(args, worker, embedded), warnings
+
+
+def vllm_env(env: Mapping[str, str], worker: WorkerSettings) -> dict[str, str]:
+    """vLLM's own environment variables that the worker's settings imply, where `env` sets none."""
+    return {name: value for name, value in FAST_BOOT_VLLM_ENV.items() if worker.fast_boot and name not in env}

@@ -51,7 +51,7 @@ def record_engine_phases() -> None:
                         f.write(json.dumps([phase, float(match.group(1))]) + "\n")
         return record
 
-    recording.records_phases = True
+    recording.records_phases = True  # type: ignore[attr-defined]
     # A record factory, not a handler: vLLM's logging config replaces the handlers of its loggers.
     logging.setLogRecordFactory(recording)
 

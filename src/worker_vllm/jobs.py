@@ -1,7 +1,6 @@
 """Jobs in flight: early stops (timeout, shutdown) and the one log line each job leaves."""
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -10,8 +9,9 @@ log = logging.getLogger("worker.jobs")
 
 
 class Job:
-    """One job being served. A request path registers how to stop its generation early;
-    `abort` stops it and records why, so the path can end the job with that reason."""
+    """One job being served. Its request path registers how to stop generation early (`on_abort`)
+    and reports the tokens it counted (`report_usage`); `abort` stops it and records why, so the
+    path can end the job with that reason."""
 
     def __init__(self, job_id: str, route: str):
         self.id, self.route = job_id, route
@@ -19,10 +19,11 @@ class Job:
         self.timed_out = False
         self._stop: Callable[[], object] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stopping: set[asyncio.Future] = set()  # kept, or the loop may drop them before they run
         self._started = time.monotonic()
         self._first_item: float | None = None
-        self.status = "ok"
-        self.usage: tuple[int | None, int | None] = (None, None)
+        self.prompt_tokens: int | None = None
+        self.output_tokens: int | None = None
 
     def on_abort(self, stop: Callable[[], object]) -> None:
         self._stop = stop
@@ -37,7 +38,9 @@ class Job:
     def _run_stop(self) -> None:
         result = self._stop() if self._stop else None
         if asyncio.iscoroutine(result):
-            asyncio.ensure_future(result)
+            stopping = asyncio.ensure_future(result)
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
 
     def set_timeout(self, seconds: float | None) -> None:
         if seconds:
@@ -47,39 +50,28 @@ class Job:
         self.timed_out = self.abort_reason is None
         self.abort(f"timed out after {seconds:g} s (REQUEST_TIMEOUT or request_timeout)")
 
-    def saw(self, item) -> None:
-        """Note an item the job yielded: the first one's time, errors, token usage."""
+    def report_usage(self, prompt_tokens: int | None, output_tokens: int | None) -> None:
+        self.prompt_tokens, self.output_tokens = prompt_tokens, output_tokens
+
+    def yielded(self) -> None:
+        """Note that the job yielded an item (the first one's time is the job's TTFT)."""
         if self._first_item is None:
             self._first_item = time.monotonic()
-        if isinstance(item, dict):
-            if item.get("error"):
-                self.status = "error"
-            usage = item.get("usage") or {}
-            if "input" in usage:
-                self.usage = (usage["input"], usage["output"])
-            elif "prompt_tokens" in usage:
-                self.usage = (usage["prompt_tokens"], usage.get("completion_tokens"))
-        elif isinstance(item, str) and '"usage":{' in item:
-            for event in reversed(item.split("\n\n")):
-                if '"usage":{' in event:
-                    usage = json.loads(event[len("data: "):])["usage"]
-                    self.usage = (usage["prompt_tokens"], usage.get("completion_tokens"))
-                    break
 
-    def finish(self, status: str | None = None) -> None:
+    def finish(self, status: str) -> None:
         if self._timer:
             self._timer.cancel()
         now = time.monotonic()
         ttft = f"{self._first_item - self._started:.3f}s" if self._first_item else "-"
-        prompt, output = (v if v is not None else "-" for v in self.usage)
+        prompt, output = ("-" if v is None else v for v in (self.prompt_tokens, self.output_tokens))
         log.info("job %s route=%s prompt_tokens=%s output_tokens=%s ttft=%s duration=%.3fs status=%s",
-                 self.id, self.route, prompt, output, ttft, now - self._started, status or self.status)
+                 self.id, self.route, prompt, output, ttft, now - self._started, status)
 
 
 class InFlight:
     """The jobs this worker is serving now."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
 
     def __len__(self) -> int:

@@ -4,13 +4,19 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-import errors
-import limits
-from batching import BatchSizes, batched
+from worker_vllm import errors
+from worker_vllm.jobs import Job
+from worker_vllm.paths import limits
+from worker_vllm.paths.base import Item
+from worker_vllm.paths.batching import BatchSizes, batched
+
+if TYPE_CHECKING:
+    from worker_vllm.config import WorkerSettings
+    from worker_vllm.worker import Worker
 
 log = logging.getLogger("worker.native")
 
@@ -48,14 +54,22 @@ class NativeInput(BaseModel):
 WHOLE = BatchSizes(sys.maxsize, sys.maxsize)  # one batch at the end: a non-streaming job
 
 
-def batch_sizes(request, defaults) -> BatchSizes:
+class BatchKnobs(Protocol):
+    """A job's own stream batch sizes (both paths' inputs have them)."""
+
+    max_batch_size: int | None
+    min_batch_size: int | None
+    batch_size_growth_factor: float | None
+
+
+def batch_sizes(request: BatchKnobs, defaults: "WorkerSettings") -> BatchSizes:
     """The job's stream batch sizes: its own knobs, else the worker's defaults."""
     return BatchSizes(request.min_batch_size or defaults.default_min_batch_size,
                       request.max_batch_size or defaults.default_batch_size,
                       request.batch_size_growth_factor or defaults.default_batch_size_growth_factor)
 
 
-async def run(worker, job_input: dict, job) -> AsyncIterator[dict]:
+async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIterator[Item]:
     """Yields token batches (stream) or one object with the full text; {"error": ...} for bad input."""
     try:
         async for item in _generate(worker, job_input, job):
@@ -64,7 +78,7 @@ async def run(worker, job_input: dict, job) -> AsyncIterator[dict]:
         yield {"error": errors.describe(e)}
 
 
-async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
+async def _generate(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIterator[Item]:
     defaults = worker.settings.worker
     limits.check_text(job_input, defaults.max_input_chars)
     request = NativeInput.model_validate(job_input)
@@ -73,8 +87,10 @@ async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
     limits.check_stop(request.sampling_params.get("stop"), "sampling_params.stop")
     engine = worker.engine
     sampling = engine.sampling_params({"max_tokens": defaults.default_max_tokens, **request.sampling_params})
-    messages = request.messages and [m.model_dump(exclude_none=True) for m in request.messages]
-    if messages is None and request.apply_chat_template:
+    messages: list[dict[str, Any]] | None = None
+    if request.messages:
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+    elif request.apply_chat_template:
         messages = [{"role": "user", "content": request.prompt}]
     engine_input = await engine.render(prompt=request.prompt, messages=messages,
                                        chat_template_kwargs=request.chat_template_kwargs)
@@ -86,7 +102,7 @@ async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
     finish: dict[int, str | None] = {}
     prompt_tokens = generated = 0
     sizes = batch_sizes(request, defaults) if request.stream else WHOLE
-    async for batch in batched(outputs, sizes, weight=lambda out: max((len(o.token_ids) for o in out.outputs), default=0)):
+    async for batch in batched(outputs, sizes, weight=_new_tokens):
         choices: dict[int, dict] = {}
         for out in batch:
             prompt_tokens = len(out.prompt_token_ids)
@@ -97,6 +113,7 @@ async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
                     texts.setdefault(o.index, []).append(o.text)
                 choice["finish_reason"] = finish[o.index] = o.finish_reason
                 generated += len(o.token_ids)
+        job.report_usage(prompt_tokens, generated)
         if request.stream and not job.abort_reason:
             yield {"choices": [choices[i] for i in sorted(choices)], "usage": _usage(prompt_tokens, generated)}
 
@@ -106,6 +123,11 @@ async def _generate(worker, job_input: dict, job) -> AsyncIterator[dict]:
         yield {"error": f"{job.abort_reason}; generation was aborted. Partial output: {json.dumps(result)}"}
     elif not request.stream:
         yield result
+
+
+def _new_tokens(output: Any) -> int:
+    """Tokens a vLLM output adds (to its longest choice)."""
+    return max((len(o.token_ids) for o in output.outputs), default=0)
 
 
 def _usage(prompt_tokens: int, output_tokens: int) -> dict:

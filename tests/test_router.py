@@ -2,17 +2,16 @@
 
 import json
 
-import handler
-import native
-import openai_path
+from worker_vllm.paths import native, openai
+from worker_vllm.router import path_for
 
 
 def test_routes_by_input_shape():
-    assert handler.path_for({"prompt": "x"}) is native.run
-    assert handler.path_for({"messages": []}) is native.run
-    assert handler.path_for({"openai_route": "/v1/models", "openai_input": {}}) is openai_path.run
-    assert handler.path_for({"text": "x"}) is None
-    assert handler.path_for("a string") is None
+    assert path_for({"prompt": "x"}) is native.run
+    assert path_for({"messages": []}) is native.run
+    assert path_for({"openai_route": "/v1/models", "openai_input": {}}) is openai.run
+    assert path_for({"text": "x"}) is None
+    assert path_for("a string") is None
 
 
 def test_unknown_shape_fails_with_what_is_expected(run_job):

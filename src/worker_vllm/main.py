@@ -1,0 +1,56 @@
+"""The worker's process: prepare the start-up, start the engine, then serve Runpod's queue, or
+run one local `--test_input` job."""
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worker_vllm import config, errors
+from worker_vllm.local import test_input
+from worker_vllm.startup import environment
+
+if TYPE_CHECKING:
+    from worker_vllm.worker import Worker
+
+log = logging.getLogger("worker")
+
+
+def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> None:
+    local = "--rp_serve_api" not in argv and not config.in_runpod(environ)
+    job = test_input.test_job(argv, Path.cwd()) if local else None
+    if local and job is None:
+        sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
+                 "(for a local endpoint, run src/serve.py)")
+    # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported.
+    startup = environment.prepare(environ, probe_cpu=not local)
+    worker = start_or_exit(startup)
+    try:
+        if job is not None:
+            from worker_vllm.jobs import InFlight
+            from worker_vllm.router import make_handler
+
+            sys.exit(asyncio.run(test_input.run(make_handler(worker, InFlight()), job)))
+        from worker_vllm import runpod_queue
+
+        runpod_queue.serve(worker)
+    finally:
+        worker.engine.shutdown()
+
+
+def start_or_exit(startup: environment.Startup) -> "Worker":
+    """The started worker; a start-up failure exits 1 with one line that names the cause."""
+    from worker_vllm import worker  # imports vLLM: the weights are read meanwhile
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return worker.start(startup.env, startup)
+    except config.ConfigError as e:
+        sys.exit(f"startup failed: {e}")
+    except Exception as e:  # one line with the cause, not a traceback wall
+        log.debug("startup failed", exc_info=True)
+        sys.exit(f"startup failed: {type(e).__name__}: {errors.describe(e)}")

@@ -1,0 +1,1 @@
+"""The request paths a job can take, and the seam they share (`paths.base`)."""

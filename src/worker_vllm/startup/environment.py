@@ -1,0 +1,61 @@
+"""The environment the worker and vLLM start from, prepared once, before vLLM is imported.
+
+vLLM, huggingface_hub, Triton and vLLM's engine processes read their settings from the process
+environment, so what the worker adds (the baked model, cache places, FAST_BOOT's vLLM variables,
+the start-up phases file) is written to it here, in one place, and nowhere else.
+"""
+
+import os
+import tempfile
+import threading
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker_vllm import config
+from worker_vllm.startup import baked, caches, cpu_probe, phases, prefetch
+
+
+@dataclass
+class Startup:
+    """What `prepare` started and the engine's start ends."""
+
+    env: dict[str, str]  # the environment with the worker's additions: what the settings are read from
+    phases_file: Path
+    prefetching: prefetch.Prefetch | None = None
+    probing: threading.Thread | None = None
+
+    def before_engine(self) -> None:
+        """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks."""
+        if self.probing:
+            self.probing.join()
+
+    def engine_started(self) -> dict[str, float]:
+        """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them."""
+        if self.prefetching:
+            self.prefetching.stop()
+        found = phases.engine_phases(self.phases_file)
+        self.phases_file.unlink(missing_ok=True)  # the processes' recorders stop writing
+        return found
+
+
+def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> Startup:
+    """Fill in the baked model and the cache places, write the additions to `environ`, and start
+    reading the weights (and, if `probe_cpu`, the runpod SDK's CPU probe) while vLLM imports."""
+    env = baked.apply(environ)
+    try:
+        own = config.worker_settings(env)
+    except config.ConfigError:
+        own = None  # the settings check reports it, with the rest of the settings
+    fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
+    os.close(fd)
+    additions = caches.cache_env(env) | (config.vllm_env(env, own) if own else {}) | {
+        phases.FILE_ENV: phases_file,
+        # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
+        "RUNPOD_LOG_LEVEL": env.get("RUNPOD_LOG_LEVEL") or "INFO",
+    }
+    environ.update(additions)
+    env |= additions
+    caches.seed_model_infos(env)
+    reading = prefetch.start(env) if own and own.prefetch_weights else None
+    return Startup(env, Path(phases_file), reading, cpu_probe.start() if probe_cpu else None)

@@ -1,0 +1,65 @@
+"""The environment a worker starts from: prepared once, written once, before vLLM is imported."""
+
+import json
+
+import pytest
+
+from worker_vllm.startup import environment, phases
+
+
+@pytest.fixture
+def model(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"w" * 100)
+    return tmp_path / "model"
+
+
+def prepared(environ: dict) -> environment.Startup:
+    startup = environment.prepare(environ)
+    if startup.prefetching:
+        startup.prefetching._thread.join(30)
+    return startup
+
+
+def test_writes_its_additions_to_the_process_environment_once(model):
+    environ = {"MODEL_NAME": str(model), "FAST_BOOT": "true"}
+    startup = prepared(environ)
+    assert environ == startup.env  # what the settings are read from is what vLLM's processes see
+    assert environ["VLLM_ENABLE_STARTUP_PLAN"] == "1" and environ["RUNPOD_LOG_LEVEL"] == "INFO"
+    assert environ[phases.FILE_ENV] == str(startup.phases_file) and startup.phases_file.is_file()
+    assert startup.engine_started() == {}
+    assert not startup.phases_file.exists()  # the engine's processes stop noting phases
+
+
+def test_the_variables_a_user_set_win(model):
+    environ = {"MODEL_NAME": str(model), "FAST_BOOT": "true", "VLLM_ENABLE_STARTUP_PLAN": "0",
+               "RUNPOD_LOG_LEVEL": "DEBUG"}
+    prepared(environ).engine_started()
+    assert environ["VLLM_ENABLE_STARTUP_PLAN"] == "0" and environ["RUNPOD_LOG_LEVEL"] == "DEBUG"
+
+
+def test_an_empty_runpod_log_level_is_replaced(model):
+    environ = {"MODEL_NAME": str(model), "RUNPOD_LOG_LEVEL": ""}  # it would crash the SDK's import
+    prepared(environ).engine_started()
+    assert environ["RUNPOD_LOG_LEVEL"] == "INFO"
+
+
+@pytest.mark.parametrize("value, reads", [("", True), ("true", True), ("false", False), ("maybe", False)])
+def test_prefetch_reads_its_setting_as_the_worker_settings_do(model, value, reads):
+    """An empty value is unset (on); a bad one starts nothing here: the settings check reports it."""
+    startup = prepared({"MODEL_NAME": str(model), "PREFETCH_WEIGHTS": value})
+    assert (startup.prefetching is not None) == reads
+    if reads:
+        assert startup.prefetching.bytes_read == 100
+    startup.engine_started()
+
+
+def test_a_baked_model_is_filled_in(model, tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"model": "acme/tiny", "path": str(model)}))
+    environ = {"BAKED_MODEL_MANIFEST": str(manifest)}
+    startup = prepared(environ)
+    assert startup.env["MODEL_NAME"] == str(model) and startup.env["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] == "acme/tiny"
+    assert "MODEL_NAME" not in environ  # read from the manifest by each reader of startup.env, not written
+    assert startup.prefetching is not None
+    startup.engine_started()
