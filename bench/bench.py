@@ -27,10 +27,9 @@ from pathlib import Path
 
 import psutil
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the worker_vllm package
 
-import make_model  # noqa: E402
+import make_model  # bench/, the script's own folder
 
 
 @dataclass
@@ -55,7 +54,7 @@ def summarize(traces: list[Trace], wall: float, cpu: float) -> dict:
     ttft = [t.arrivals[0][0] - t.start for t in traces]
     itl = []  # per output token: the gap before the piece it arrived in, shared by its tokens
     for t in traces:
-        for (before, _), (now, tokens) in zip(t.arrivals, t.arrivals[1:]):
+        for (before, _), (now, tokens) in zip(t.arrivals, t.arrivals[1:], strict=False):
             itl += [(now - before) / tokens] * tokens
     tokens = sum(n for t in traces for _, n in t.arrivals)
     return {
@@ -75,7 +74,7 @@ async def wave(send, concurrency: int, prompt_len: int, output_len: int, seed: i
     prompts = [make_model.prompt(prompt_len, seed * 100_000 + i, vocab) for i in range(concurrency)]
     cpu_before, began = sum(me.cpu_times()[:2]), time.perf_counter()
     traces = [Trace(began) for _ in prompts]
-    await asyncio.gather(*(send(p, t, output_len) for p, t in zip(prompts, traces)))
+    await asyncio.gather(*(send(p, t, output_len) for p, t in zip(prompts, traces, strict=False)))
     wall = time.perf_counter() - began
     return summarize(traces, wall, sum(me.cpu_times()[:2]) - cpu_before)
 
@@ -83,7 +82,7 @@ async def wave(send, concurrency: int, prompt_len: int, output_len: int, seed: i
 # --- the four ways -------------------------------------------------------------------------------
 
 
-def direct(worker):
+def direct(worker, handler):
     counter = iter(range(10**9))
 
     async def send(prompt, trace, output_len):
@@ -130,19 +129,15 @@ def sse_tokens(item, seen, per_delta=1):
     return seen + tokens, tokens
 
 
-def native(worker):
-    import handler
-
-    return run_by_sdk(handler.handler, lambda prompt, n: {
+def native(worker, handler):
+    return run_by_sdk(handler, lambda prompt, n: {
         "prompt": prompt, "stream": True, "sampling_params": {"max_tokens": n, "ignore_eos": True}}, native_tokens)
 
 
-def openai_chat(worker, stream_interval=None):
-    import handler
-
+def openai_chat(worker, handler, stream_interval=None):
     extra = {"stream_interval": stream_interval} if stream_interval else {}
     per_delta = max(stream_interval or 1, worker.engine.args.stream_interval)  # vLLM takes the larger
-    return run_by_sdk(handler.handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
+    return run_by_sdk(handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
         "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True,
         "stream_options": {"include_usage": True}} | extra},
         lambda item, seen: sse_tokens(item, seen, per_delta))
@@ -152,7 +147,10 @@ def proxied(port: int):
     """A peer-style handler: forwards the job to `vllm serve` over HTTP and yields each SSE event."""
     import aiohttp
 
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600))
+    # No cap on connections: aiohttp's default TCPConnector allows 100 at once, which held (d) to 100
+    # concurrent streams in the 256-request wave while (a) to (c) ran all 256.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                    timeout=aiohttp.ClientTimeout(total=3600))
 
     async def handler(job):
         body = job["input"]["openai_input"]
@@ -171,11 +169,11 @@ def proxied(port: int):
 
 def engine_env(model: Path) -> dict:
     """The worker's settings, with the caches it would use on Runpod (the volume, if there is one)."""
-    import storage
+    from worker_vllm.startup import caches
 
     env = {"MODEL_NAME": str(model), "LOAD_FORMAT": "dummy", "MAX_MODEL_LEN": "4096",
            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "bench"}
-    return env | storage.cache_env(os.environ | env)
+    return env | caches.cache_env(os.environ | env)
 
 
 async def measure(name, send, args, results, out):
@@ -190,19 +188,28 @@ async def measure(name, send, args, results, out):
 
 
 async def in_process(args, results, out):
-    import handler
-    import worker
+    from worker_vllm.startup import hooks
+
+    hooks.install()  # as src/handler.py does: the worker's log masking, and its engine-phase records
+
+    from worker_vllm import worker as worker_module
+    from worker_vllm.jobs import InFlight
+    from worker_vllm.router import make_handler
+    from worker_vllm.startup import environment
 
     os.environ.update(engine_env(args.model))  # the engine's processes read the cache places from it
-    handler.worker = worker.start()
+    # As the worker's process starts: FAST_BOOT's vLLM variables and the phases file go into os.environ.
+    startup = environment.prepare(os.environ)
+    worker = worker_module.start(startup.env, startup)
+    handler = make_handler(worker, InFlight())
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
     for interval in args.openai_stream_interval:  # vLLM's per-request stream_interval on (c)
-        modes[f"c_openai_stream_interval_{interval}"] = lambda worker, n=interval: openai_chat(worker, n)
+        modes[f"c_openai_stream_interval_{interval}"] = lambda w, h, n=interval: openai_chat(w, h, n)
     for mode in args.modes:  # in the order given
         for name, make_send in modes.items():
             if name[0] == mode:
-                await measure(name, make_send(handler.worker), args, results, out)
-    handler.worker.engine.shutdown()
+                await measure(name, make_send(worker, handler), args, results, out)
+    worker.engine.shutdown()
 
 
 async def via_vllm_serve(args, results, out):

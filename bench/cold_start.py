@@ -27,11 +27,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the worker_vllm package
+
+from worker_vllm.local.fake_runpod import FakeRunpod, wait_for
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent / "tests")]
-
-from fake_runpod import FakeRunpod, wait_for  # noqa: E402
-
 VOLUME = Path("/runpod-volume")
 KV_CACHE = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 WORKER_LINE = "startup: process and imports"  # the worker's breakdown, vLLM's engine phases included
