@@ -82,6 +82,19 @@ def test_request_timeout_from_the_environment(run_job, worker, monkeypatch):
     assert item["error"].startswith("timed out after 0.5 s")
 
 
+@pytest.mark.parametrize("job_input", [
+    {"prompt": "hello", "sampling_params": LONG},
+    {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, **LONG}},
+], ids=["native", "openai"])
+def test_a_job_may_shorten_request_timeout_but_not_lift_it(run_job, worker, monkeypatch, job_input):
+    monkeypatch.setattr(worker.settings.worker, "request_timeout", 0.5)
+    (item,) = run_job({**job_input, "request_timeout": 1e308})
+    assert "timed out after 0.5 s" in str(item["error"])
+    monkeypatch.setattr(worker.settings.worker, "request_timeout", 60)
+    (item,) = run_job({**job_input, "request_timeout": 0.3})
+    assert "timed out after 0.3 s" in str(item["error"])
+
+
 def test_each_job_logs_one_line(run_job, caplog):
     with caplog.at_level(logging.INFO, logger="worker.jobs"):
         run_job({"prompt": "hello", "sampling_params": {"max_tokens": 7, "ignore_eos": True}}, job_id="log-me")

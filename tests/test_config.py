@@ -153,3 +153,9 @@ def test_without_fast_boot_nothing_changes():
 def test_streams_deliver_every_four_tokens_unless_stream_interval_says():
     assert settings({"MODEL_NAME": "m"})[0].engine_args.stream_interval == 4
     assert settings({"MODEL_NAME": "m", "STREAM_INTERVAL": "1"})[0].engine_args.stream_interval == 1
+
+
+def test_a_secret_that_holds_another_is_masked_whole():
+    for value in ("hf_PLANTED", "hf_PLANTEDsecretTail99", "PLANTEDsec"):  # the short ones first
+        redact.add_secret(value)
+    assert redact.redact("token=hf_PLANTEDsecretTail99 end") == "token=*** end"

@@ -1,5 +1,6 @@
 """The worker process under the runpod SDK: SIGTERM, engine death, start-up failure."""
 
+import re
 import signal
 import time
 
@@ -37,11 +38,18 @@ def test_sigterm_finishes_short_jobs_aborts_long_ones_after_the_grace_and_exits_
     assert fake.queue == [long_job("after-sigterm", 4)], "took a job after SIGTERM"
 
 
+def openai_job(job_id: str, stream: bool) -> dict:
+    return {"id": job_id, "input": {"openai_route": "/v1/chat/completions", "openai_input": {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "ignore_eos": True, "stream": stream}}}
+
+
 def test_engine_death_fails_jobs_in_flight_and_exits_non_zero_within_5_s(tmp_path):
-    fake = FakeRunpod([long_job("victim")])
+    victims = [long_job("victim"), openai_job("openai-stream", True), openai_job("openai-json", False)]
+    fake = FakeRunpod(victims)
     proc, log_path = start_worker(fake, tmp_path, {})
     try:
-        assert wait_for(lambda: "victim" in fake.streamed, 300), log_path.read_text()[-3000:]
+        assert wait_for(lambda: "victim" in fake.streamed and "openai-stream" in fake.streamed, 300), \
+            log_path.read_text()[-3000:]
         cores = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
         assert cores, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
         for core in cores:
@@ -54,8 +62,13 @@ def test_engine_death_fails_jobs_in_flight_and_exits_non_zero_within_5_s(tmp_pat
         fake.close()
     assert code != 0
     assert exited_after < 5, f"exited {exited_after:.1f} s after the engine died"
-    assert "engine" in fake.done["victim"]["error"].lower(), fake.done["victim"]
-    assert "vLLM engine died" in log_path.read_text()
+    # Every job in flight fails with the cause, none is reported as a success: the native stream, an
+    # OpenAI stream that vLLM ends with an error event, and an OpenAI request waiting for its answer.
+    for job in victims:
+        assert "vLLM engine died" in str(fake.done[job["id"]].get("error")), fake.done[job["id"]]
+    log = log_path.read_text()
+    assert "'State' object has no attribute" not in log
+    assert re.search(r"job openai-stream route=/v1/chat/completions .* status=error", log), log[-3000:]
 
 
 def test_startup_failure_is_one_line_with_the_cause(tmp_path):

@@ -89,3 +89,11 @@ def test_max_tokens_defaults_to_512_not_16(run_job):
 def test_bad_input_fails_the_job_with_a_message(run_job, job_input, fragment):
     (item,) = run_job(job_input)
     assert fragment in item["error"]
+
+
+def test_logit_bias_takes_token_ids_as_json_object_keys(run_job, tokenizer):
+    """JSON keys are strings: {"42": 100} is token 42, as in OpenAI's API."""
+    token = tokenizer.encode(" dog", add_special_tokens=False)[0]
+    (item,) = run_job({"prompt": "hello", "sampling_params": {"max_tokens": 4, "temperature": 0,
+                                                               "logit_bias": {str(token): 100}}})
+    assert item["choices"][0]["text"] == tokenizer.decode([token] * 4)

@@ -72,6 +72,9 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
     # The worker's own INFO lines outlive vLLM's OpenAI app, whose build reset the root logger's level.
     assert re.search(r"job native-stream route=native prompt_tokens=\d+ output_tokens=12 .* status=ok", log), log[-3000:]
     assert "SIGTERM: no new jobs" in log
+    # A job that fails is logged as failed, though the SDK stops reading at its error item.
+    for job_id in ("openai-404", "bad-input"):
+        assert re.search(rf"job {job_id} route=\S+ .* status=error", log), log[-3000:]
     # The model's weights were read into memory while vLLM imported and started its engine: the
     # reading stops once the engine is up, not as it starts.
     assert re.search(r"prefetch: ([\d.]+) of \1 GiB of weights read into memory", log), log[-3000:]

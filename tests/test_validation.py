@@ -8,6 +8,9 @@ import pytest
 from worker_vllm.paths import limits
 
 CHAT = [{"role": "user", "content": "hi"}]
+NESTED_900: dict = {}
+for _ in range(900):
+    NESTED_900 = {"x": NESTED_900}
 
 
 def openai(route="/v1/chat/completions", **body):
@@ -57,7 +60,18 @@ NATIVE_CASES = [
     ("lone surrogate in prompt", {"prompt": "ok \ud800 ok"}, "input.prompt: holds '\\ud800' at position 3, a lone UTF-16 surrogate"),
     ("lone surrogate in a message", {"messages": [{"role": "user", "content": "\udfff"}]},
      "input.messages.0.content: holds '\\udfff' at position 0"),
-    ("10 MB prompt", {"prompt": "x" * 10_000_000}, "input: 10000000 characters of text; the limit is 4000000 (MAX_INPUT_CHARS)"),
+    ("10 MB prompt", {"prompt": "x" * 10_000_000}, "input: more than 4000000 characters of text (MAX_INPUT_CHARS)"),
+    ("a million tiny strings", {"prompt": "a", "extra": ["ab"] * 3_000_000}, "more than 4000000 characters of text"),
+    ("growth factor Infinity", {"prompt": "a", "stream": True, "batch_size_growth_factor": float("inf")},
+     "batch_size_growth_factor: Input should be a finite number"),
+    ("request_timeout NaN", {"prompt": "a", "request_timeout": float("nan")}, "request_timeout: Input should be a finite number"),
+    ("seed of 2**70", {"prompt": "a", "sampling_params": {"seed": 2**70}},
+     "sampling_params.seed: 1180591620717411303424 is not a 64-bit integer"),
+    ("extra_args 900 deep", {"prompt": "a", "sampling_params": {"extra_args": NESTED_900}},
+     "input.sampling_params.extra_args.x.x"),
+    ("n over MAX_N", {"prompt": "a", "sampling_params": {"n": 16384}},
+     "sampling_params.n: 16384 sequences asked for; at most 32 are allowed (MAX_N)"),
+    ("logit_bias key not a token id", {"prompt": "a", "sampling_params": {"logit_bias": {"the": 5}}}, "logit_bias"),
 ]
 
 OPENAI_CASES = [
@@ -81,6 +95,11 @@ OPENAI_CASES = [
     ("prompt longer than max_model_len", openai(route="/v1/completions", prompt="word " * 3000), 400,
      "maximum context length is 2048 tokens"),
     ("unknown model", openai(model="no-such-model"), 404, "The model `no-such-model` does not exist"),
+    ("n over MAX_N", openai(n=16384), 400, "openai_input.n: 16384 sequences asked for; at most 32 are allowed"),
+    ("growth factor Infinity", {**openai(stream=True), "batch_size_growth_factor": float("inf")}, 400,
+     "batch_size_growth_factor: Input should be a finite number"),
+    ("extra_args 900 deep", openai(extra_args=NESTED_900), 400, "nested more than 32 levels deep"),
+    ("seed of 2**70", openai(seed=2**70), 400, "seed"),
 ]
 
 

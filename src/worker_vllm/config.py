@@ -62,7 +62,7 @@ class ConfigError(Exception):
 class WorkerSettings(BaseModel):
     """The worker's own settings (not vLLM's), read from the environment variable of each field."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     default_batch_size: int = Field(50, ge=1, alias="DEFAULT_BATCH_SIZE")
     default_min_batch_size: int = Field(1, ge=1, alias="DEFAULT_MIN_BATCH_SIZE")
@@ -71,6 +71,7 @@ class WorkerSettings(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, alias="MAX_CONCURRENCY")
     enable_openai_admin_routes: bool = Field(False, alias="ENABLE_OPENAI_ADMIN_ROUTES")
     request_timeout: float | None = Field(None, gt=0, alias="REQUEST_TIMEOUT")
+    max_n: int = Field(32, ge=1, alias="MAX_N")
     shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
     fast_boot: bool = Field(False, alias="FAST_BOOT")

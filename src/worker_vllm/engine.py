@@ -6,6 +6,7 @@ A vLLM upgrade should touch this file only.
 import asyncio
 import difflib
 import logging
+import types
 from collections.abc import Callable
 
 import msgspec
@@ -108,6 +109,9 @@ class Engine:
                 finally:
                     root.setLevel(level)
                 await init_app_state(self.llm, app.state, self.args, tasks)
+                # vLLM's engine-error handler asks its uvicorn server to exit; in-process there is none,
+                # and the worker's watchdog (lifecycle.exit_when_engine_dies) ends the process instead.
+                app.state.server = types.SimpleNamespace(should_exit=False)
                 self.app = app
             return self.app
 

@@ -42,7 +42,10 @@ class Job:
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)
 
-    def set_timeout(self, seconds: float | None) -> None:
+    def set_timeout(self, requested: float | None, limit: float | None) -> None:
+        """Abort after the job's own `requested` seconds or the operator's `limit` (REQUEST_TIMEOUT),
+        whichever is shorter: a job may shorten the limit, never lift it."""
+        seconds = min((s for s in (requested, limit) if s), default=None)
         if seconds:
             self._timer = asyncio.get_running_loop().call_later(seconds, self._time_out, seconds)
 

@@ -10,7 +10,7 @@ import sys
 
 SECRET_NAME_PARTS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 MASK = "***"
-_secrets: set[str] = set()
+_secrets: list[str] = []  # longest first: a secret that holds another is masked whole
 
 
 def is_secret_name(name: str) -> bool:
@@ -22,7 +22,9 @@ def is_secret_name(name: str) -> bool:
 def add_secret(value: str | None) -> None:
     # Very short values ("1", "true") would mask ordinary text and protect nothing.
     if value and len(value) >= 6:
-        _secrets.add(value)
+        if value not in _secrets:
+            _secrets.append(value)
+            _secrets.sort(key=len, reverse=True)
 
 
 def redact(text: str) -> str:

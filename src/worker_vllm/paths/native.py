@@ -31,7 +31,7 @@ class Message(BaseModel):
 class NativeInput(BaseModel):
     """A native job's input. Unknown keys are ignored with a warning."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # Infinity parses as JSON here
 
     prompt: str | None = None
     messages: list[Message] | None = Field(None, min_length=1)
@@ -80,13 +80,17 @@ async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIte
 
 async def _generate(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIterator[Item]:
     defaults = worker.settings.worker
-    limits.check_text(job_input, defaults.max_input_chars)
-    request = NativeInput.model_validate(job_input)
+    request = await limits.validated(NativeInput, job_input, defaults.max_input_chars)
     if request.model_extra:
         log.warning("job %s: ignored unknown input keys %s", job.id, sorted(request.model_extra))
     limits.check_stop(request.sampling_params.get("stop"), "sampling_params.stop")
     engine = worker.engine
-    sampling = engine.sampling_params({"max_tokens": defaults.default_max_tokens, **request.sampling_params})
+    params = {"max_tokens": defaults.default_max_tokens, **request.sampling_params}
+    sampling = engine.sampling_params(params | _int_keys(params, "logit_bias"))
+    limits.check_n(sampling.n, defaults.max_n, "sampling_params.n")
+    if sampling.seed is not None and not limits.INT64[0] <= sampling.seed <= limits.INT64[1]:
+        raise ValueError(f"sampling_params.seed: {sampling.seed} is not a 64-bit integer "
+                         f"({limits.INT64[0]} to {limits.INT64[1]})")
     messages: list[dict[str, Any]] | None = None
     if request.messages:
         messages = [m.model_dump(exclude_none=True) for m in request.messages]
@@ -95,7 +99,7 @@ async def _generate(worker: "Worker", job_input: dict[str, Any], job: Job) -> As
     engine_input = await engine.render(prompt=request.prompt, messages=messages,
                                        chat_template_kwargs=request.chat_template_kwargs)
     job.on_abort(lambda: engine.abort(job.id))
-    job.set_timeout(request.request_timeout or defaults.request_timeout)
+    job.set_timeout(request.request_timeout, defaults.request_timeout)
     outputs = engine.generate(engine_input, sampling, job.id)
 
     texts: dict[int, list[str]] = {}
@@ -123,6 +127,15 @@ async def _generate(worker: "Worker", job_input: dict[str, Any], job: Job) -> As
         yield {"error": f"{job.abort_reason}; generation was aborted. Partial output: {json.dumps(result)}"}
     elif not request.stream:
         yield result
+
+
+def _int_keys(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """params[name] with its keys as ints where they are decimal strings: JSON object keys are always
+    strings, and vLLM wants token ids (`logit_bias`)."""
+    value = params.get(name)
+    if not isinstance(value, dict):
+        return {}
+    return {name: {int(k) if isinstance(k, str) and k.lstrip("-").isdecimal() else k: v for k, v in value.items()}}
 
 
 def _new_tokens(output: Any) -> int:

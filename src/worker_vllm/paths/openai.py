@@ -19,6 +19,7 @@ from worker_vllm.paths.batching import batched
 
 if TYPE_CHECKING:
     from worker_vllm.config import WorkerSettings
+    from worker_vllm.engine import Engine
     from worker_vllm.worker import Worker
 
 ROUTES = {
@@ -55,7 +56,7 @@ def error(message: str, status: int = 400, param: str | None = None, kind: str =
 class OpenAIInput(BaseModel):
     """An OpenAI job's input, as Runpod builds it from the HTTP request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     openai_route: str
     openai_input: dict | None = None
@@ -94,6 +95,22 @@ def _data(event: bytes) -> Any:
     return None
 
 
+def _stream_error(event: bytes) -> tuple[str, int] | None:
+    """(message, status) of an SSE event that reports an error: vLLM ends a chat or completions
+    stream that fails with {"error": {...}}, a Responses stream with an "error" event."""
+    if b'"error"' not in event:
+        return None
+    data = _data(event)
+    if not isinstance(data, dict):
+        return None
+    if isinstance(failure := data.get("error"), dict):
+        code = failure.get("code")
+        return str(failure.get("message")), code if isinstance(code, int) and code >= 400 else 500
+    if data.get("type") == "error":
+        return str(data.get("message")), 500
+    return None
+
+
 def _carries_output(event: bytes) -> int:
     """0 for a chat stream's opening event (the role, no text yet), else 1."""
     if b'"role"' not in event or not event.startswith(b"data: "):
@@ -127,8 +144,7 @@ async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIte
     """Yields vLLM's JSON answer, or its SSE stream as text items, or an OpenAI error object."""
     defaults = worker.settings.worker
     try:
-        limits.check_text(job_input, defaults.max_input_chars)
-        request = OpenAIInput.model_validate(job_input)
+        request = await limits.validated(OpenAIInput, job_input, defaults.max_input_chars)
         limits.check_stop((request.openai_input or {}).get("stop"), "openai_input.stop")
     except ValueError as e:  # pydantic's ValidationError is one
         yield error(errors.describe(e))
@@ -145,21 +161,29 @@ async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIte
             body["model"] = worker.engine.served_model_names[0]
         if request.openai_route == "/v1/completions":
             body.setdefault("max_tokens", worker.settings.worker.default_max_tokens)
+        try:
+            limits.check_n(body.get("n"), defaults.max_n, "openai_input.n")
+        except ValueError as e:
+            yield error(str(e), param="n")
+            return
 
-    job.set_timeout(request.request_timeout or defaults.request_timeout)
+    job.set_timeout(request.request_timeout, defaults.request_timeout)
     response = await worker.engine.http(method, request.openai_route, body, job.id, on_cancel=job.on_abort)
     async with contextlib.aclosing(response.body):  # also when the SDK stops reading: vLLM aborts the request
         if response.content_type.startswith("text/event-stream"):
-            async for item in _stream(response.body, request, defaults, job):
+            async for item in _stream(response.body, request, defaults, job, worker.engine):
                 yield item
         else:
-            yield _answer(response.status, b"".join([chunk async for chunk in response.body]), request, job)
+            content = b"".join([chunk async for chunk in response.body])
+            yield _answer(response.status, content, request, job, worker.engine)
 
 
-def _answer(status: int, content: bytes, request: OpenAIInput, job: Job) -> dict[str, Any]:
+def _answer(status: int, content: bytes, request: OpenAIInput, job: Job, engine: "Engine") -> dict[str, Any]:
     """vLLM's JSON answer, with its error as an OpenAIError the runpod SDK stores as JSON."""
     if job.abort_reason:
         return _aborted(job, "the request was aborted")
+    if status >= 500 and engine.is_dead:
+        return error(f"vLLM engine died: {engine.dead_reason}", 503, kind="ServiceUnavailableError")
     payload = json.loads(content or b"null")
     if isinstance(payload, dict) and (counts := _counts(payload.get("usage"))):
         job.report_usage(*counts)
@@ -175,12 +199,22 @@ def _answer(status: int, content: bytes, request: OpenAIInput, job: Job) -> dict
 
 
 async def _stream(chunks: AsyncIterator[bytes], request: OpenAIInput, defaults: "WorkerSettings",
-                  job: Job) -> AsyncIterator[Item]:
-    """vLLM's SSE stream as items of whole events, grouped like native token batches."""
+                  job: Job, engine: "Engine") -> AsyncIterator[Item]:
+    """vLLM's SSE stream as items of whole events, grouped like native token batches. A stream that
+    vLLM ends with an error event fails the job; what was streamed before it stays streamed."""
     async for batch in batched(_sse_events(chunks), native.batch_sizes(request, defaults), weight=_carries_output):
-        for event in batch:
+        for i, event in enumerate(batch):
             if counts := _stream_usage(event):
                 job.report_usage(*counts)
+            if failure := _stream_error(event):
+                if i:
+                    yield b"".join(batch[:i]).decode()
+                message, status = failure
+                if engine.is_dead:
+                    message, status = f"vLLM engine died: {engine.dead_reason}", 503
+                yield error(f"{message}; the stream was cut short", status,
+                            kind="ServiceUnavailableError" if status == 503 else "InternalServerError")
+                return
         yield b"".join(batch).decode()
     if job.abort_reason:  # what was streamed is the partial output
         yield _aborted(job, "the stream was cut short")
