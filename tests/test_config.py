@@ -159,3 +159,12 @@ def test_a_secret_that_holds_another_is_masked_whole():
     for value in ("hf_PLANTED", "hf_PLANTEDsecretTail99", "PLANTEDsec"):  # the short ones first
         redact.add_secret(value)
     assert redact.redact("token=hf_PLANTEDsecretTail99 end") == "token=*** end"
+
+
+def test_worker_vllm_variables_are_honoured_or_named_with_what_to_set():
+    s, warnings = settings({"MODEL_NAME": "m", "OPENAI_RESPONSE_ROLE": "helper", "RAW_OPENAI_OUTPUT": "1",
+                            "MIN_BATCH_SIZE": "4", "SWAP_SPACE": "4"})
+    assert s.engine_args.response_role == "helper"
+    assert "RAW_OPENAI_OUTPUT (a worker-vllm variable) is not read here" in " ".join(warnings)
+    assert any("MIN_BATCH_SIZE" in w and "set DEFAULT_MIN_BATCH_SIZE" in w for w in warnings)
+    assert any(w.startswith("SWAP_SPACE") for w in warnings)

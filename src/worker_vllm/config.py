@@ -23,6 +23,26 @@ ALIASES = {
     "TOKENIZER_NAME": "tokenizer",
     "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "served_model_name",
     "CUSTOM_CHAT_TEMPLATE": "chat_template",  # a template string or a path, like --chat-template
+    "OPENAI_RESPONSE_ROLE": "response_role",  # worker-vllm's name
+}
+# Variables runpod-workers/worker-vllm read that this worker does not, and what to set instead.
+WORKER_VLLM_ONLY = {
+    "RAW_OPENAI_OUTPUT": "OpenAI streams always come as vLLM's SSE events, whole",
+    "MIN_BATCH_SIZE": "set DEFAULT_MIN_BATCH_SIZE",
+    "BATCH_SIZE": "set DEFAULT_BATCH_SIZE",
+    "BATCH_SIZE_GROWTH_FACTOR": "set DEFAULT_BATCH_SIZE_GROWTH_FACTOR",
+    "DISABLE_LOG_REQUESTS": "vLLM 0.32 logs no requests unless ENABLE_LOG_REQUESTS=true",
+    "SWAP_SPACE": "vLLM 0.32 has no CPU swap space",
+    "PREEMPTION_MODE": "vLLM 0.32 always recomputes preempted requests",
+    "USE_V2_BLOCK_MANAGER": "vLLM 0.32 has one block manager",
+    "SCHEDULER_DELAY_FACTOR": "vLLM 0.32 has no such option",
+    "GUIDED_DECODING_BACKEND": 'set STRUCTURED_OUTPUTS_CONFIG=\'{"backend": "..."}\'',
+    "SPECULATIVE_MODEL": 'set SPECULATIVE_CONFIG=\'{"model": "...", "num_speculative_tokens": N}\'',
+    "NUM_SPECULATIVE_TOKENS": 'set SPECULATIVE_CONFIG=\'{"model": "...", "num_speculative_tokens": N}\'',
+    "ROPE_SCALING": 'set HF_OVERRIDES=\'{"rope_scaling": {...}}\'',
+    "MAX_SEQ_LEN_TO_CAPTURE": "CUDA graph sizes come from COMPILATION_CONFIG",
+    "TENSORIZER_URI": "set LOAD_FORMAT=tensorizer and MODEL_LOADER_EXTRA_CONFIG",
+    "QUANTIZATION_PARAM_PATH": "vLLM 0.32 reads KV cache scales from the checkpoint",
 }
 # Options of the HTTP server that make no sense in-process, or that other software sets
 # (PORT, HOST, CONFIG), and HF_TOKEN, which huggingface_hub reads from the environment itself.
@@ -151,7 +171,9 @@ def engine_argv(env: Mapping[str, str], names: Mapping[str, argparse.Action]) ->
         argv += _argv_item(name, value, names[name])
     known = list(names) + [f.alias for f in WorkerSettings.model_fields.values() if f.alias]
     for name in env:
-        if name in names or name in known:
+        if name in WORKER_VLLM_ONLY and name not in names:
+            warnings.append(f"{name} (a worker-vllm variable) is not read here: {WORKER_VLLM_ONLY[name]}")
+        if name in names or name in known or name in WORKER_VLLM_ONLY:
             continue
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
         if close:

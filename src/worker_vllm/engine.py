@@ -115,6 +115,10 @@ class Engine:
                 self.app = app
             return self.app
 
+    async def routes(self) -> set[str]:
+        """The paths vLLM's app serves for this model's tasks."""
+        return {path for route in (await self.ready()).routes if (path := getattr(route, "path", None))}
+
     # --- native path -------------------------------------------------------------------------
 
     @property

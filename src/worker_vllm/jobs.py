@@ -54,7 +54,10 @@ class Job:
         self.abort(f"timed out after {seconds:g} s (REQUEST_TIMEOUT or request_timeout)")
 
     def report_usage(self, prompt_tokens: int | None, output_tokens: int | None) -> None:
-        self.prompt_tokens, self.output_tokens = prompt_tokens, output_tokens
+        """The counts so far; None keeps a count an earlier report gave (Anthropic streams report
+        the prompt at the start and the output at the end)."""
+        self.prompt_tokens = self.prompt_tokens if prompt_tokens is None else prompt_tokens
+        self.output_tokens = self.output_tokens if output_tokens is None else output_tokens
 
     def yielded(self) -> None:
         """Note that the job yielded an item (the first one's time is the job's TTFT)."""

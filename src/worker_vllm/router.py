@@ -19,7 +19,7 @@ UNKNOWN_SHAPE = ('input must be an object with "prompt" or "messages" (native) o
 def path_for(job_input: object) -> RequestPath | None:
     """The request path for a job's input, or None if its shape is neither."""
     if isinstance(job_input, dict):
-        if "openai_route" in job_input:
+        if job_input.keys() & {"openai_route", "openai_input", "route"}:  # "route": worker-vllm's form
             return openai.run
         if "prompt" in job_input or "messages" in job_input:
             return native.run

@@ -126,6 +126,8 @@ async def _generate(worker: "Worker", job_input: dict[str, Any], job: Job) -> As
     if job.abort_reason:
         yield {"error": f"{job.abort_reason}; generation was aborted. Partial output: {json.dumps(result)}"}
     elif not request.stream:
+        for choice in result["choices"]:  # worker-vllm's clients read output[0]["choices"][0]["tokens"][0]
+            choice["tokens"] = [choice["text"]]
         yield result
 
 

@@ -7,9 +7,9 @@ stream is yielded as items of whole SSE events, grouped like native token batche
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from worker_vllm import errors
 from worker_vllm.jobs import Job
@@ -22,15 +22,30 @@ if TYPE_CHECKING:
     from worker_vllm.engine import Engine
     from worker_vllm.worker import Worker
 
+# The public routes of vLLM's app, each served when the app registers it for the model's tasks
+# (generation, embedding, scoring, classification).
 ROUTES = {
     "/v1/chat/completions": "POST",
     "/v1/completions": "POST",
-    "/v1/models": "GET",
     "/v1/responses": "POST",
+    "/v1/messages": "POST",  # Anthropic Messages
+    "/v1/messages/count_tokens": "POST",
+    "/v1/models": "GET",
     "/v1/embeddings": "POST",
+    "/pooling": "POST",
+    "/classify": "POST",
+    "/score": "POST",
+    "/v1/score": "POST",
+    "/rerank": "POST",
+    "/v1/rerank": "POST",
+    "/v2/rerank": "POST",
     "/tokenize": "POST",
     "/detokenize": "POST",
 }
+# Runpod turns .../openai/v1/<path> into the route /v1/<path>; vLLM serves these two without /v1.
+ALIASES = {"/v1/tokenize": "/tokenize", "/v1/detokenize": "/detokenize"}
+MODEL_ROUTE = "/v1/models/"  # + a model id: the openai client's models.retrieve, which vLLM's app lacks
+DEFAULT_ROUTE = "/v1/chat/completions"  # for worker-vllm's inputs that name none
 # Off unless ENABLE_OPENAI_ADMIN_ROUTES is set: they change the worker for every later job.
 ADMIN_ROUTES = {
     "/v1/load_lora_adapter": "POST",
@@ -54,12 +69,14 @@ def error(message: str, status: int = 400, param: str | None = None, kind: str =
 
 
 class OpenAIInput(BaseModel):
-    """An OpenAI job's input, as Runpod builds it from the HTTP request."""
+    """An OpenAI job's input, as Runpod builds it from the HTTP request. worker-vllm's generic form,
+    {"route", "body", "method"}, is taken too; a job that names no route is a chat completion."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    openai_route: str
-    openai_input: dict | None = None
+    openai_route: str = Field(DEFAULT_ROUTE, validation_alias=AliasChoices("openai_route", "route"))
+    openai_input: dict | None = Field(None, validation_alias=AliasChoices("openai_input", "body"))
+    method: Literal["GET", "POST"] | None = None
     max_batch_size: int | None = Field(None, ge=1)
     min_batch_size: int | None = Field(None, ge=1)
     batch_size_growth_factor: float | None = Field(None, ge=1)
@@ -149,17 +166,26 @@ async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIte
     except ValueError as e:  # pydantic's ValidationError is one
         yield error(errors.describe(e))
         return
-    routes = ROUTES | (ADMIN_ROUTES if worker.settings.worker.enable_openai_admin_routes else {})
-    method = routes.get(request.openai_route)
+    route = ALIASES.get(request.openai_route, request.openai_route)
+    if route.startswith(MODEL_ROUTE):
+        yield await _model(worker.engine, route[len(MODEL_ROUTE):], job)
+        return
+    routes = ROUTES | (ADMIN_ROUTES if defaults.enable_openai_admin_routes else {})
+    method = routes.get(route)
     if method is None:
+        served = await worker.engine.routes()
         yield error(f"openai_route {request.openai_route!r} is not supported; use one of: "
-                    + ", ".join(routes), 404, "openai_route", "NotFoundError")
+                    + ", ".join(r for r in routes if r in served), 404, "openai_route", "NotFoundError")
+        return
+    if request.method not in (None, method):
+        yield error(f"method {request.method} is not allowed on {route}: use {method}", 405, "method",
+                    "MethodNotAllowedError")
         return
     body = dict(request.openai_input or {}) if method == "POST" else None
     if body is not None:
         if not body.get("model"):
             body["model"] = worker.engine.served_model_names[0]
-        if request.openai_route == "/v1/completions":
+        if route == "/v1/completions":
             body.setdefault("max_tokens", worker.settings.worker.default_max_tokens)
         try:
             limits.check_n(body.get("n"), defaults.max_n, "openai_input.n")
@@ -168,7 +194,7 @@ async def run(worker: "Worker", job_input: dict[str, Any], job: Job) -> AsyncIte
             return
 
     job.set_timeout(request.request_timeout, defaults.request_timeout)
-    response = await worker.engine.http(method, request.openai_route, body, job.id, on_cancel=job.on_abort)
+    response = await worker.engine.http(method, route, body, job.id, on_cancel=job.on_abort)
     async with contextlib.aclosing(response.body):  # also when the SDK stops reading: vLLM aborts the request
         if response.content_type.startswith("text/event-stream"):
             async for item in _stream(response.body, request, defaults, job, worker.engine):
@@ -218,6 +244,16 @@ async def _stream(chunks: AsyncIterator[bytes], request: OpenAIInput, defaults: 
         yield b"".join(batch).decode()
     if job.abort_reason:  # what was streamed is the partial output
         yield _aborted(job, "the stream was cut short")
+
+
+async def _model(engine: "Engine", model_id: str, job: Job) -> dict[str, Any]:
+    """One model of vLLM's /v1/models (the served name or a LoRA adapter), or an OpenAI 404."""
+    response = await engine.http("GET", "/v1/models", None, job.id)
+    listed = json.loads(b"".join([chunk async for chunk in response.body]))
+    for model in listed.get("data", []):
+        if model.get("id") == model_id:
+            return model
+    return error(f"The model `{model_id}` does not exist.", 404, "model", "NotFoundError")
 
 
 def _detail(payload) -> str:
