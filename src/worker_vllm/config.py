@@ -95,6 +95,10 @@ class WorkerSettings(BaseModel):
     shutdown_grace_seconds: float = Field(30, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     max_input_chars: int = Field(4_000_000, ge=1, alias="MAX_INPUT_CHARS")
     fast_boot: bool = Field(False, alias="FAST_BOOT")
+    load_balancer: bool = Field(False, alias="LOAD_BALANCER")  # serve HTTP (load_balancer.py), not the queue
+    port: int = Field(80, ge=0, le=65535, alias="PORT")
+    port_health: int | None = Field(None, ge=0, le=65535, alias="PORT_HEALTH")  # None: PORT
+    runpod_pod_id: str | None = Field(None, alias="RUNPOD_POD_ID")  # X-Runpod-Worker-Id
     prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")
 
 

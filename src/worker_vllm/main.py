@@ -20,6 +20,12 @@ log = logging.getLogger("worker")
 
 
 def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> None:
+    try:
+        own = config.worker_settings(environ)
+    except config.ConfigError as e:
+        sys.exit(f"startup failed: {e}")
+    if own.load_balancer:
+        return serve_http(own, environ)
     local = "--rp_serve_api" not in argv and not config.in_runpod(environ)
     job = test_input.test_job(argv, Path.cwd()) if local else None
     if local and job is None:
@@ -37,6 +43,19 @@ def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> Non
         from worker_vllm import runpod_queue
 
         runpod_queue.serve(worker)
+    finally:
+        worker.engine.shutdown()
+
+
+def serve_http(own: config.WorkerSettings, environ: MutableMapping[str, str]) -> None:
+    """A load-balancing endpoint (LOAD_BALANCER=true): /ping answers before vLLM is imported."""
+    from worker_vllm import load_balancer
+
+    port = own.port
+    health = load_balancer.start_health(port, port if own.port_health is None else own.port_health)
+    worker = start_or_exit(environment.prepare(environ))
+    try:
+        load_balancer.serve(worker, health, port)
     finally:
         worker.engine.shutdown()
 

@@ -77,9 +77,14 @@ class FakeRunpod:
 
 def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
     """`python src/handler.py` as Runpod starts it, taking jobs from `fake`; its log goes to a file."""
+    return launch(tmp_path, fake.worker_env() | env)
+
+
+def launch(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
+    """`python src/handler.py` on the embedded model with `env` added; its log goes to a file."""
     env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | {
         "MODEL_NAME": str(tiny_model.ensure()), "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048",
-    } | fake.worker_env() | env
+    } | env
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(HANDLER)], cwd=tmp_path, env=env,

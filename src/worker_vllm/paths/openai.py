@@ -6,7 +6,7 @@ stream is yielded as items of whole SSE events, grouped like native token batche
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -144,6 +144,24 @@ def _counts(usage: Any) -> tuple[int | None, int | None] | None:
         return None
     return (usage.get("prompt_tokens", usage.get("input_tokens")),
             usage.get("completion_tokens", usage.get("output_tokens")))
+
+
+def usage_reports(chunk: bytes) -> Iterator[tuple[int | None, int | None]]:
+    """The token counts a piece of a response body reports: a JSON answer's usage, or each SSE
+    event's that has one."""
+    if b'"usage":{' not in chunk:
+        return
+    if chunk.lstrip().startswith(b"{"):
+        try:
+            data = json.loads(chunk)
+        except ValueError:
+            return
+        if isinstance(data, dict) and (counts := _counts(data.get("usage"))):
+            yield counts
+        return
+    for event in chunk.split(b"\n\n"):
+        if counts := _stream_usage(event):
+            yield counts
 
 
 def _stream_usage(event: bytes) -> tuple[int | None, int | None] | None:
