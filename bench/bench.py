@@ -169,11 +169,12 @@ def proxied(port: int):
 
 def engine_env(model: Path) -> dict:
     """The worker's settings, with the caches it would use on Runpod (the volume, if there is one)."""
+    from worker_vllm import config
     from worker_vllm.startup import caches
 
     env = {"MODEL_NAME": str(model), "LOAD_FORMAT": "dummy", "MAX_MODEL_LEN": "4096",
            "OPENAI_SERVED_MODEL_NAME_OVERRIDE": "bench"}
-    return env | caches.cache_env(os.environ | env)
+    return env | caches.cache_env(os.environ | env, config.worker_settings(os.environ).volume)
 
 
 async def measure(name, send, args, results, out):

@@ -82,3 +82,17 @@ def test_hub_tests_are_jobs_the_handler_routes():
 
     tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())["tests"]
     assert {path_for(t["input"]).__module__ for t in tests} == {"worker_vllm.paths.native", "worker_vllm.paths.openai"}
+
+
+def test_the_readme_says_what_the_image_installs():
+    """Downloads go through hf_xet: hf_transfer is neither installed nor switched on (huggingface_hub
+    2.x ignores it and warns at every start), and the README says so."""
+    requirements = (ROOT / "requirements.txt").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "hf-transfer" not in requirements and "HF_HUB_ENABLE_HF_TRANSFER" not in dockerfile
+    assert "HF_XET_HIGH_PERFORMANCE=1" in dockerfile and "HF_XET_HIGH_PERFORMANCE=1" in readme
+    assert "so the image does not install it" in readme
+    # vllm==0.32.0's CUDA wheel requires fastsafetensors and instanttensor: the README must not deny them.
+    assert "vllm==0.32.0" in requirements and "does not ship them" not in readme
+    assert "requires `fastsafetensors` and `instanttensor`" in readme

@@ -10,6 +10,7 @@ import difflib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -100,6 +101,7 @@ class WorkerSettings(BaseModel):
     port_health: int | None = Field(None, ge=0, le=65535, alias="PORT_HEALTH")  # None: PORT
     runpod_pod_id: str | None = Field(None, alias="RUNPOD_POD_ID")  # X-Runpod-Worker-Id
     prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")
+    volume: Path = Field(Path("/runpod-volume"), alias="RUNPOD_VOLUME_PATH")  # where Runpod mounts volumes
 
 
 @dataclass

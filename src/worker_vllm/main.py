@@ -66,6 +66,7 @@ def start_or_exit(startup: environment.Startup) -> "Worker":
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info(startup.caches)
     try:
         return worker.start(startup.env, startup)
     except config.ConfigError as e:

@@ -9,22 +9,22 @@ by all three: cache/<model>/vllm-<version>/<gpu>/.
 import logging
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
-VOLUME = Path("/runpod-volume")
 BAKED = Path("/models")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 log = logging.getLogger("worker")
 
 
-def cache_env(env: Mapping[str, str], volume: Path = VOLUME, baked: Path = BAKED,
+def cache_env(env: Mapping[str, str], volume: Path, baked: Path = BAKED,
               gpu: str | None = None) -> dict[str, str]:
     """Cache locations to add to `env` (names `env` sets itself are kept)."""
     places = {}
-    if volume.is_dir():
+    if writable(volume):
         places["HF_HOME"] = volume / "huggingface-cache"
         root = volume
     elif (baked / "cache").is_dir():
@@ -38,6 +38,27 @@ def cache_env(env: Mapping[str, str], volume: Path = VOLUME, baked: Path = BAKED
         "FLASHINFER_WORKSPACE_BASE": kernels / "flashinfer",
     }
     return {name: str(path) for name, path in places.items() if not env.get(name)}
+
+
+def writable(volume: Path) -> bool:
+    """Whether the worker can keep caches on `volume`. With a cached model and no network volume,
+    Runpod mounts /runpod-volume too, and whether it may be written is not documented: so try."""
+    if not volume.is_dir():
+        return False
+    try:
+        (volume / "cache").mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=volume / "cache"):
+            return True
+    except OSError:
+        return False
+
+
+def describe(places: Mapping[str, str], volume: Path) -> str:
+    """One log line: where the kernel caches go, and why."""
+    if "VLLM_CACHE_ROOT" in places:
+        return f"caches: kernel caches in {Path(places['VLLM_CACHE_ROOT']).parent}"
+    reason = "is not writable" if volume.is_dir() else "is not mounted"
+    return f"caches: kernel caches on the container disk (vLLM's defaults): {volume} {reason}"
 
 
 def seed_model_infos(env: Mapping[str, str]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker_vllm import config
-from worker_vllm.startup import baked, caches, cpu_probe, phases, prefetch
+from worker_vllm.startup import baked, cached_model, caches, cpu_probe, download, phases, prefetch
 
 
 @dataclass
@@ -22,8 +22,10 @@ class Startup:
 
     env: dict[str, str]  # the environment with the worker's additions: what the settings are read from
     phases_file: Path
+    caches: str  # where the kernel caches go, for the log
     prefetching: prefetch.Prefetch | None = None
     probing: threading.Thread | None = None
+    downloading: download.Progress | None = None
 
     def before_engine(self) -> None:
         """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks."""
@@ -34,6 +36,8 @@ class Startup:
         """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them."""
         if self.prefetching:
             self.prefetching.stop()
+        if self.downloading:
+            self.downloading.stop()
         found = phases.engine_phases(self.phases_file)
         self.phases_file.unlink(missing_ok=True)  # the processes' recorders stop writing
         return found
@@ -47,9 +51,12 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
         own = config.worker_settings(env)
     except config.ConfigError:
         own = None  # the settings check reports it, with the rest of the settings
+    volume = (own or config.WorkerSettings()).volume
+    env = cached_model.apply(env, volume / "huggingface-cache" / "hub")
+    places = caches.cache_env(env, volume)
     fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
     os.close(fd)
-    additions = caches.cache_env(env) | (config.vllm_env(env, own) if own else {}) | {
+    additions = places | (config.vllm_env(env, own) if own else {}) | {
         phases.FILE_ENV: phases_file,
         # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
         "RUNPOD_LOG_LEVEL": env.get("RUNPOD_LOG_LEVEL") or "INFO",
@@ -58,4 +65,5 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
     env |= additions
     caches.seed_model_infos(env)
     reading = prefetch.start(env) if own and own.prefetch_weights else None
-    return Startup(env, Path(phases_file), reading, cpu_probe.start() if probe_cpu else None)
+    return Startup(env, Path(phases_file), caches.describe(places, volume), reading,
+                   cpu_probe.start() if probe_cpu else None, None if reading else download.start(env))
