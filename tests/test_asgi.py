@@ -10,9 +10,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from worker_vllm import asgi
 from worker_vllm.asgi import CLIENT_CLOSED, call
 
 STEP = 0.5  # the longest any single wait in these tests may take: nothing here can hang
+
+
+@pytest.fixture(autouse=True)
+def short_grace(monkeypatch):
+    """Apps here that ignore their client's going are cancelled after 0.05 s, not asgi's 1 s."""
+    monkeypatch.setattr(asgi, "DISCONNECT_GRACE", 0.05)
 
 
 def run(test):
@@ -397,5 +404,26 @@ def test_cancelling_the_bodys_reader_ends_the_apps_task():
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         assert response.body._task.done()
+
+    run(test)
+
+
+def test_an_app_that_listens_sees_its_client_go_before_any_cancel():
+    """vLLM's JSON handlers run the request in a task of their own and abort it when they see the
+    disconnect; cancelling the app at once would leave that task generating."""
+    seen = []
+
+    async def listens(scope, receive, send):
+        await receive()
+        await start(send)
+        await chunk(send, b"first")
+        if (await receive())["type"] == "http.disconnect":
+            seen.append("disconnect")
+
+    async def test():
+        response = await call(listens, "GET", "/", None)
+        assert await next_chunk(response.body) == b"first"
+        await asyncio.wait_for(response.body.aclose(), STEP)
+        assert seen == ["disconnect"] and not response.body._task.cancelled()
 
     run(test)

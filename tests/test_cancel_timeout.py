@@ -43,6 +43,23 @@ def test_a_cancelled_job_aborts_its_vllm_request_within_1_s(engine_loop, worker,
     assert cancel_after_first_item(engine_loop, worker, handler, job_input) < 1
 
 
+def test_a_cancelled_openai_request_without_stream_aborts_its_vllm_request_within_1_s(engine_loop, worker, handler):
+    """No item comes before the answer: the job is cancelled while vLLM generates it."""
+
+    async def scenario():
+        job_input = {"openai_route": "/v1/chat/completions", "openai_input": {"messages": CHAT, **LONG}}
+        task = asyncio.create_task(anext(handler({"id": f"cancel-{uuid.uuid4().hex[:8]}", "input": job_input}), None))
+        while not worker.engine.num_unfinished_requests():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        cancelled = time.monotonic()
+        while worker.engine.num_unfinished_requests() and time.monotonic() - cancelled < 10:
+            await asyncio.sleep(0.01)
+        return time.monotonic() - cancelled
+
+    assert engine_loop.run(scenario()) < 1
+
+
 def test_native_timeout_ends_with_an_error_and_the_partial_output(run_job, worker):
     items = run_job({"prompt": "hello", "stream": True, "request_timeout": 0.5, "sampling_params": LONG})
     *streamed, last = items

@@ -12,6 +12,7 @@ from typing import Any
 
 Message = MutableMapping[str, Any]
 App = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+DISCONNECT_GRACE = 1.0  # seconds an app gets to stop by itself once its client is gone
 CLIENT_CLOSED = 499  # the status of a request stopped before its response began (nginx's convention)
 
 
@@ -111,8 +112,12 @@ class Body:
 
 
 async def _end(task: asyncio.Task, disconnected: asyncio.Event) -> None:
-    """Disconnect the app's client and wait for the app's task to end."""
+    """Disconnect the app's client and wait for the app's task to end: first by itself, as the app
+    sees the disconnect (vLLM's handlers abort their request then; cancelling the task at once would
+    leave a request that runs in a task of its own generating), then cancelled."""
     disconnected.set()
+    if not task.done():
+        await asyncio.wait([task], timeout=DISCONNECT_GRACE)
     if not task.done():
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
