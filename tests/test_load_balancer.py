@@ -33,6 +33,13 @@ def ping(port: int) -> int | None:
         return None
 
 
+def running(port: int) -> float:
+    """Requests vLLM is generating now, from its /metrics."""
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vllm:num_requests_running"))
+
+
 def start(tmp_path, **env):
     port = free_port()
     env = {"LOAD_BALANCER": "true", "PORT": str(port), "RUNPOD_POD_ID": "lb-worker-1",
@@ -113,6 +120,7 @@ def test_request_timeout_then_engine_death_fails_ping_and_exits_non_zero_within_
         slow = requests.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60, json={
             "model": MODEL, "prompt": "hi", "max_tokens": 2000, "ignore_eos": True})  # 3-4 s on a CPU
         assert slow.status_code == 408 and "timed out after 1 s" in slow.json()["error"]["message"], slow.text
+        assert wait_for(lambda: running(port) == 0, 2), "vLLM kept generating the timed-out request"
 
         cores = [p for p in psutil.Process(proc.pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
         for core in cores:

@@ -20,7 +20,7 @@ from collections.abc import Generator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from worker_vllm import lifecycle
+from worker_vllm import asgi, lifecycle
 from worker_vllm.asgi import App, Message
 from worker_vllm.jobs import InFlight, Job
 from worker_vllm.paths import openai
@@ -118,9 +118,12 @@ class Gate:
         job = Job(request_id, scope["path"])
         self.in_flight.add(job)
         started, status = False, 499
+        gone = asyncio.Event()  # set when the job is aborted: the app sees its client go
 
         async def send_with_id(message: Message) -> None:
             nonlocal started, status
+            if gone.is_set() and not started:
+                return  # the worker answers an aborted request itself
             if message["type"] == "http.response.start":
                 started, status = True, message["status"]
                 message = {**message, "headers": [*message.get("headers", []), self.worker_header]}
@@ -130,16 +133,33 @@ class Gate:
                     job.report_usage(*counts)
             await send(message)
 
-        call = asyncio.ensure_future(self.app(scope, receive, send_with_id))
-        job.on_abort(call.cancel)
+        async def receive_until_gone() -> Message:
+            if not gone.is_set():
+                waiting = asyncio.ensure_future(receive())
+                await asyncio.wait([waiting, asyncio.ensure_future(gone.wait())], return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    return waiting.result()
+                waiting.cancel()
+            return {"type": "http.disconnect"}
+
+        call = asyncio.ensure_future(self.app(scope, receive_until_gone, send_with_id))
+
+        def stop() -> None:
+            # As in asgi.call: vLLM's JSON handlers abort their request when they see the client go;
+            # cancelling the app at once would leave it generating.
+            gone.set()
+            asyncio.get_running_loop().call_later(asgi.DISCONNECT_GRACE, call.cancel)
+
+        job.on_abort(stop)
         job.set_timeout(None, self.timeout)
         try:
-            await asyncio.shield(call)
-        except asyncio.CancelledError:
-            if not call.cancelled():  # the server cancelled this request (the client went away)
-                call.cancel()
-                raise
-            if not started:  # aborted by the timeout or the drain, before vLLM answered
+            try:
+                await asyncio.shield(call)
+            except asyncio.CancelledError:
+                if not call.cancelled():  # the server cancelled this request (the client went away)
+                    call.cancel()
+                    raise
+            if gone.is_set() and not started:  # aborted by the timeout or the drain, before vLLM answered
                 status = 408 if job.timed_out else 503
                 await self._answer(send, status, job.abort_reason or "aborted")
         finally:
