@@ -168,3 +168,59 @@ def test_worker_vllm_variables_are_honoured_or_named_with_what_to_set():
     assert "RAW_OPENAI_OUTPUT (a worker-vllm variable) is not read here" in " ".join(warnings)
     assert any("MIN_BATCH_SIZE" in w and "set DEFAULT_MIN_BATCH_SIZE" in w for w in warnings)
     assert any(w.startswith("SWAP_SPACE") for w in warnings)
+
+
+def config_file(tmp_path, text: str, name: str = "vllm.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_vllm_config_file_is_read_by_vllms_parser(tmp_path):
+    path = config_file(tmp_path, "max_model_len: 4096\nenforce_eager: true\ncompilation-config:\n  mode: 0\n")
+    args = settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path})[0].engine_args
+    assert (args.max_model_len, args.enforce_eager, args.compilation_config.mode) == (4096, True, 0)
+
+
+def test_the_environment_wins_over_the_config_file(tmp_path):
+    path = config_file(tmp_path, "max_model_len: 4096\nenforce_eager: true\ndisable-log-stats: true\n"
+                                 "stream-interval: 2\ntensor-parallel-size: 2\n")
+    args = settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path, "MAX_MODEL_LEN": "8192", "ENFORCE_EAGER": "false",
+                     "DISABLE_LOG_STATS": "false"})[0].engine_args
+    assert (args.max_model_len, args.enforce_eager, args.disable_log_stats) == (8192, False, False)
+    # The worker's own defaults (stream interval, tensor parallel over the visible GPUs) yield to the file.
+    assert (args.stream_interval, args.tensor_parallel_size) == (2, 2)
+    args = settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path}, gpu_count=4)[0].engine_args
+    assert (args.stream_interval, args.tensor_parallel_size) == (2, 2)
+
+
+def test_the_config_file_may_name_the_model(tmp_path):
+    path = config_file(tmp_path, "model: org/from-file\n")
+    s, _ = settings({"VLLM_CONFIG_FILE": path, "RUNPOD_POD_ID": "abc"})
+    assert s.engine_args.model == "org/from-file" and not s.embedded_model
+    assert settings({"VLLM_CONFIG_FILE": path, "MODEL_NAME": "org/env"})[0].engine_args.model == "org/env"
+
+
+@pytest.mark.parametrize("name, text, fragments", [
+    (None, None, ["no such file"]),
+    ("bad.yaml", "max_model_len: [4096\n  enforce_eager: true\n", ["is not valid YAML", "line 2"]),
+    ("list.yaml", "- max_model_len\n", ["is not a YAML mapping of vLLM options"]),
+    ("empty.yaml", "", ["is not a YAML mapping of vLLM options"]),
+    ("vllm.json", "{}", ["only .yaml or .yml"]),
+    ("typo.yaml", "max-model-length: 4096\n", ["unrecognized arguments: --max-model-length"]),
+    ("value.yaml", "max-model-len: lots\n", ["argument --max-model-len", "'lots'"]),
+])
+def test_a_missing_or_bad_config_file_is_one_line_naming_it(tmp_path, name, text, fragments):
+    path = str(tmp_path / "missing.yaml") if name is None else config_file(tmp_path, text, name)
+    with pytest.raises(config.ConfigError) as err:
+        settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path, "MAX_MODEL_LEN": "2048"})
+    message = str(err.value)
+    assert message.startswith(f"VLLM_CONFIG_FILE={path!r}: ") and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_a_bad_value_in_the_environment_is_still_the_environments(tmp_path):
+    path = config_file(tmp_path, "max_model_len: 4096\n")
+    with pytest.raises(config.ConfigError, match=r"^MAX_MODEL_LEN='lots' is not valid"):
+        settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path, "MAX_MODEL_LEN": "lots"})

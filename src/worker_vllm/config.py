@@ -2,13 +2,17 @@
 
 Every option of `vllm serve` (engine and OpenAI front end) is read from its UPPER_SNAKE name:
 MAX_MODEL_LEN -> --max-model-len. vLLM's own parser checks types, choices and JSON, so a new
-vLLM flag works without code here. The worker's own settings are a pydantic model.
+vLLM flag works without code here. VLLM_CONFIG_FILE names a YAML file of vLLM options (vLLM's
+`--config`); the environment wins over it. The worker's own settings are a pydantic model.
 """
 
 import argparse
+import contextlib
 import difflib
 import json
-from collections.abc import Callable, Mapping
+import logging
+import os
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -102,6 +106,7 @@ class WorkerSettings(BaseModel):
     runpod_pod_id: str | None = Field(None, alias="RUNPOD_POD_ID")  # X-Runpod-Worker-Id
     prefetch_weights: bool = Field(True, alias="PREFETCH_WEIGHTS")
     volume: Path = Field(Path("/runpod-volume"), alias="RUNPOD_VOLUME_PATH")  # where Runpod mounts volumes
+    vllm_config_file: str | None = Field(None, alias="VLLM_CONFIG_FILE")  # vLLM's --config YAML; env wins
 
 
 @dataclass
@@ -187,14 +192,65 @@ def engine_argv(env: Mapping[str, str], names: Mapping[str, argparse.Action]) ->
     return argv, warnings
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def config_file_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """The options of the YAML file VLLM_CONFIG_FILE names, as vLLM's parser reads them (`--config`):
+    checked here, so that a missing or bad file is one line that names the variable."""
+    where = f"VLLM_CONFIG_FILE={path!r}"
+    if not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+        raise ConfigError(f"{where}: {what}; name a YAML file of vLLM options (max-model-len: 8192, ...)")
+    if not path.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{where}: vLLM reads only .yaml or .yml files")
+    try:
+        with _quiet("vllm.utils.argparse_utils"):  # vLLM logs "check path correctness" for any error
+            return parser.load_config_file(path)  # type: ignore[attr-defined]
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot be read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - PyYAML's errors, or YAML that is not a mapping of options
+        raise ConfigError(f"{where}: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e: Exception) -> str:
+    if not type(e).__module__.startswith("yaml"):
+        return "is not a YAML mapping of vLLM options (max-model-len: 8192, ...)"
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"is not valid YAML: {problem or str(e).strip().splitlines()[0]}{where}"
+
+
+def _dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options `argv` sets (`--max_model_len`, `--no-enable-prefix-caching`, `--x.y`)."""
+    dests = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            option = "--" + arg[2:].split("=", 1)[0].split(".", 1)[0].replace("_", "-")
+            if action := parser._option_string_actions.get(option):
+                dests.add(action.dest)
+    return dests
+
+
 def _parse(parser: argparse.ArgumentParser, argv: list[str], names: Mapping[str, argparse.Action],
-           env: Mapping[str, str]) -> argparse.Namespace:
+           env: Mapping[str, str], config_file: str | None = None, in_file: Collection[str] = ()) -> argparse.Namespace:
     def error(message: str) -> NoReturn:
         # argparse says "argument --max-model-len: invalid int value: 'x'"; name the env var instead.
+        # An option set in both places: the file's value comes first, so a bad value there fails first.
         for name, action in names.items():
-            if name in env and any(f"argument {s}" in message for s in action.option_strings if s.startswith("--")):
+            if name in env and any(f"argument {s}" in message for s in action.option_strings if s.startswith("--")) \
+                    and (action.dest not in in_file or repr(env[name]) in message):
                 detail = message.split(": ", 1)[-1]
                 raise ConfigError(f"{name}={_shown(name, env[name])!r} is not valid: {detail}")
+        if config_file:  # the environment's arguments are all known options: the rest is the file's
+            raise ConfigError(f"VLLM_CONFIG_FILE={config_file!r}: {message}")
         raise ConfigError(message)
 
     parser.error = error  # type: ignore[method-assign]
@@ -228,7 +284,16 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser)."""
     names = env_names(parser)
     env = dict(env)
-    embedded = not model_name(env)
+    worker = worker_settings(env)
+    config_file = worker.vllm_config_file
+    file_argv = config_file_argv(parser, config_file) if config_file else []
+    in_file = _dests(parser, file_argv)
+
+    def default(dest: str, value: str) -> None:  # the worker's defaults yield to the file too
+        if dest not in in_file:
+            env.setdefault(dest.upper(), value)
+
+    embedded = not model_name(env) and "model" not in in_file
     if embedded:
         if in_runpod(env):
             raise ConfigError("MODEL_NAME is not set: set it to a Hugging Face repo id (e.g. "
@@ -241,19 +306,33 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
         if "VLLM_CPU_KVCACHE_SPACE" in env:  # the CPU backend's own way to size the KV cache
             defaults.pop("kv_cache_memory_bytes", None)
         for dest, value in defaults.items():
-            env.setdefault(dest.upper(), value)
+            default(dest, value)
     if gpu_count > 1:
-        env.setdefault("TENSOR_PARALLEL_SIZE", str(gpu_count))
+        default("tensor_parallel_size", str(gpu_count))
     for dest, value in WORKER_DEFAULTS.items():
         if dest.upper() in names:  # an option a later vLLM drops is not set
-            env.setdefault(dest.upper(), value)
-    worker = worker_settings(env)
+            default(dest, value)
     if worker.fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
-            env.setdefault(dest.upper(), value)
+            default(dest, value)
     argv, warnings = engine_argv(env, names)
-    args = _parse(parser, argv, names, env)
+    # vLLM's parser puts the file's options where `--config` stands: first, so the environment's win.
+    args = _parse(parser, ["--config", config_file, *argv] if config_file else argv, names, env, config_file, in_file)
+    _env_wins(args, names, env, in_file)
     return Settings(args, worker, embedded), warnings
+
+
+def _env_wins(args: argparse.Namespace, names: Mapping[str, argparse.Action], env: Mapping[str, str],
+              in_file: Collection[str]) -> None:
+    """Where a later argument cannot undo the file's: a store_true flag the environment turns off,
+    and an append option, which would add the environment's value to the file's."""
+    for name, action in names.items():
+        if name not in env or action.dest not in in_file:
+            continue
+        if action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction) and not _flag(name, env[name]):
+            setattr(args, action.dest, action.default)
+        elif isinstance(action, argparse._AppendAction):
+            setattr(args, action.dest, getattr(args, action.dest)[-1:])
 
 
 def vllm_env(env: Mapping[str, str], worker: WorkerSettings) -> dict[str, str]:

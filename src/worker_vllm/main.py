@@ -71,6 +71,6 @@ def start_or_exit(startup: environment.Startup) -> "Worker":
         return worker.start(startup.env, startup)
     except config.ConfigError as e:
         sys.exit(f"startup failed: {e}")
-    except Exception as e:  # one line with the cause, not a traceback wall
+    except Exception as e:  # one line with the cause and the fix, not a traceback wall
         log.debug("startup failed", exc_info=True)
-        sys.exit(f"startup failed: {type(e).__name__}: {errors.describe(e)}")
+        sys.exit(f"startup failed: {errors.startup_failure(e, startup.failures)}")

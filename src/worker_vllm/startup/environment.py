@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker_vllm import config
@@ -26,6 +26,7 @@ class Startup:
     prefetching: prefetch.Prefetch | None = None
     probing: threading.Thread | None = None
     downloading: download.Progress | None = None
+    failures: list[dict] = field(default_factory=list)  # what vLLM's processes logged as they failed
 
     def before_engine(self) -> None:
         """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks."""
@@ -39,6 +40,7 @@ class Startup:
         if self.downloading:
             self.downloading.stop()
         found = phases.engine_phases(self.phases_file)
+        self.failures = phases.engine_failures(self.phases_file)
         self.phases_file.unlink(missing_ok=True)  # the processes' recorders stop writing
         return found
 

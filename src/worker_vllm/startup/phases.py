@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 FILE_ENV = "WORKER_STARTUP_PHASES_FILE"
+FAILURE = "failure"  # a note of an exception, next to the phases
 # vLLM 0.32's log messages, by phase; where two fit one phase, the longer wins. A message vLLM
 # no longer logs leaves its phase out.
 ENGINE_PHASES = [
@@ -35,7 +36,9 @@ def seconds_since_process_start() -> float:
 
 
 def record_engine_phases() -> None:
-    """Note vLLM's phase log records in this process, from now on (a no-op without the file)."""
+    """Note vLLM's phase log records in this process, from now on (a no-op without the file); and
+    the exceptions vLLM logs at ERROR, since an engine process that fails to start logs its cause
+    and exits, and the worker's own exception only says that it did."""
     make_record = logging.getLogRecordFactory()
     if getattr(make_record, "records_phases", False):
         return
@@ -43,12 +46,10 @@ def record_engine_phases() -> None:
     def recording(*args, **kwargs):
         record = make_record(*args, **kwargs)
         path = os.environ.get(FILE_ENV)  # removed by the worker once it is ready
-        if path and record.name.startswith("vllm") and record.levelno == logging.INFO and os.path.isfile(path):
-            message = record.getMessage()
-            for phase, pattern in ENGINE_PHASES:
-                if match := pattern.search(message):
-                    with open(path, "a") as f:
-                        f.write(json.dumps([phase, float(match.group(1))]) + "\n")
+        if path and record.name.startswith("vllm") and record.levelno >= logging.INFO and os.path.isfile(path):
+            if note := _note(record):
+                with open(path, "a") as f:
+                    f.write(json.dumps(note) + "\n")
         return record
 
     recording.records_phases = True  # type: ignore[attr-defined]
@@ -56,12 +57,32 @@ def record_engine_phases() -> None:
     logging.setLogRecordFactory(recording)
 
 
+def _note(record: logging.LogRecord) -> list | None:
+    if record.levelno == logging.INFO:
+        message = record.getMessage()
+        for phase, pattern in ENGINE_PHASES:
+            if match := pattern.search(message):
+                return [phase, float(match.group(1))]
+    elif record.levelno >= logging.ERROR and record.exc_info and (exc := record.exc_info[1]) is not None:
+        return [FAILURE, {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0] if str(exc).strip()
+                          else type(exc).__name__}]
+    return None
+
+
+def _notes(path: Path) -> list[list]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def engine_failures(path: Path) -> list[dict]:
+    """The exceptions vLLM's processes logged while the engine started: {"type", "message"}."""
+    return [detail for kind, detail in _notes(path) if kind == FAILURE]
+
+
 def engine_phases(path: Path) -> dict[str, float]:
     """Seconds per engine phase from the file; with several GPU workers, the slowest."""
     phases: dict[str, float] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            phase, seconds = json.loads(line)
+    for phase, seconds in _notes(path):
+        if phase != FAILURE:
             phases[phase] = max(seconds, phases.get(phase, 0.0))
     init = phases.pop("engine init", None)
     if init is not None:  # the engine's init holds compile and graphs; the rest is KV profiling and warm-up
