@@ -72,6 +72,10 @@ class Engine:
         self.args = args
         engine_args = AsyncEngineArgs.from_cli_args(args)
         self.vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        if self.vllm_config.model_config.runner_type == "pooling":
+            # vLLM 0.32 asserts a detokenizer for every output once stream_interval > 1, and pooling
+            # requests have none: with the worker's default of 4, every embedding request failed.
+            self.vllm_config.scheduler_config.stream_interval = 1
         # Built outside any event loop: AsyncLLM then binds to the loop of its first request,
         # which is the runpod SDK's loop.
         self.llm = AsyncLLM.from_vllm_config(
