@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 MAX_STOP_SEQUENCES = 64
 INT64 = (-(2**63), 2**63 - 1)  # what torch's generator takes as a seed (vLLM's OpenAI layer checks it too)
+MAX_VALUES = 100_000  # strings, lists and objects: 625k two-letter message parts took vLLM 8 s to render
 MAX_DEPTH = 32  # JSON nesting: vLLM's own walks of extra_args and the like recurse without a bound
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -26,15 +27,21 @@ async def validated(model: type[Model], job_input: dict[str, Any], max_chars: in
 
 def check_text(value: Any, limit: int, field: str = "input") -> None:
     """Raise ValueError if a string in `value` holds a lone surrogate, all of them together exceed
-    `limit` characters, or `value` nests deeper than MAX_DEPTH.
+    `limit` characters, `value` holds more than MAX_VALUES strings, lists and objects (numbers, such
+    as token ids, are not counted), or nests deeper than MAX_DEPTH.
 
     Stops at the first problem; paths are spelled out only for the error, so a large input costs
     no memory beyond itself."""
-    total = 0
+    total = values = 0
     stack: list[tuple[str, Iterator[tuple[Any, Any]]]] = [("", iter([(field, value)]))]
     while stack:
         where, items = stack[-1]
         for key, item in items:
+            if isinstance(item, str | dict | list):
+                values += 1
+                if values > MAX_VALUES:
+                    raise ValueError(f"{field}: more than {MAX_VALUES} strings, lists and objects; "
+                                     "join the text of message parts, or split the job")
             if isinstance(item, str):
                 total += len(item)
                 if total > limit:
