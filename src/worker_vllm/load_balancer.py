@@ -35,7 +35,6 @@ STARTING, READY, DRAINING = "starting", "ready", "draining"
 # ENABLE_OPENAI_ADMIN_ROUTES=true, as on the queue path.
 ADMIN_PATHS = set(openai.ADMIN_ROUTES) | {"/collective_rpc", "/scale_elastic_ep", "/inference/v1/abort_requests",
                                           "/reset_mm_cache", "/is_sleeping"}
-ERROR_TYPES = {404: "NotFoundError", 408: "TimeoutError", 503: "ServiceUnavailableError"}
 UNLOGGED = {"/metrics", "/health", "/version", "/load"}  # scraped often; not requests to log
 
 
@@ -135,11 +134,11 @@ class Gate:
 
         async def receive_until_gone() -> Message:
             if not gone.is_set():
-                waiting = asyncio.ensure_future(receive())
-                await asyncio.wait([waiting, asyncio.ensure_future(gone.wait())], return_when=asyncio.FIRST_COMPLETED)
-                if waiting.done():
+                waiting, aborted = asyncio.ensure_future(receive()), asyncio.ensure_future(gone.wait())
+                await asyncio.wait([waiting, aborted], return_when=asyncio.FIRST_COMPLETED)
+                (aborted if waiting.done() else waiting).cancel()  # the other one is not needed
+                if waiting.done() and not waiting.cancelled():
                     return waiting.result()
-                waiting.cancel()
             return {"type": "http.disconnect"}
 
         call = asyncio.ensure_future(self.app(scope, receive_until_gone, send_with_id))
@@ -167,9 +166,7 @@ class Gate:
             job.finish("ok" if status < 400 else "cancelled" if status == 499 else "error")
 
     async def _answer(self, send: Any, status: int, message: str | None = None) -> None:
-        kind = ERROR_TYPES.get(status, "BadRequestError")
-        body = b"" if message is None else json.dumps(
-            {"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+        body = b"" if message is None else json.dumps(openai.error(message, status)).encode()
         headers = [self.worker_header, (b"content-length", str(len(body)).encode())]
         if body:
             headers.append((b"content-type", b"application/json"))

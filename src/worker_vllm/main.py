@@ -60,12 +60,17 @@ def serve_http(own: config.WorkerSettings, environ: MutableMapping[str, str]) ->
         worker.engine.shutdown()
 
 
+def configure_logging() -> None:
+    """The worker's log format, at LOG_LEVEL (a no-op once logging has handlers)."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def start_or_exit(startup: environment.Startup) -> "Worker":
     """The started worker; a start-up failure exits 1 with one line that names the cause."""
     from worker_vllm import worker  # imports vLLM: the weights are read meanwhile
 
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     log.info(startup.caches)
     try:
         return worker.start(startup.env, startup)

@@ -28,7 +28,8 @@ from aiohttp import web
 
 from worker_vllm import lifecycle, redact
 from worker_vllm.jobs import InFlight
-from worker_vllm.main import start_or_exit
+from worker_vllm.main import configure_logging, start_or_exit
+from worker_vllm.paths import openai as openai_path
 from worker_vllm.startup import environment
 
 log = logging.getLogger("worker")
@@ -42,8 +43,6 @@ ABORT_WAIT = 5.0  # seconds jobs aborted by a shutdown get to end before they ar
 STOP_WAIT = 2.0  # seconds a job aborted by /cancel or a client that went away gets to end before it is cancelled
 LINGER = 3.0  # seconds after a shutdown's last job ended in which pollers can read its final status
 CLIENT_CHECK = 0.5  # seconds between checks that an OpenAI client waiting for its answer is still there
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-               503: "ServiceUnavailableError"}
 
 
 def _ms(seconds: float) -> int:
@@ -265,15 +264,12 @@ def _openai_body(item: dict) -> tuple[dict, int]:
     error = item.get("error")
     if isinstance(error, dict) and isinstance(error.get("code"), int):
         return item, error["code"]
-    return {"error": {"message": str(error), "type": "InternalServerError", "param": None, "code": 500}}, 500
+    return openai_path.error(str(error), 500), 500
 
 
 def _error_body(status: int, message: str, openai: bool) -> dict:
     """Runpod's error body, or on the OpenAI routes an OpenAI error object."""
-    if openai:
-        return {"error": {"message": message, "type": ERROR_TYPES.get(status, "APIError"), "param": None,
-                          "code": status}}
-    return {"error": message}
+    return openai_path.error(message, status) if openai else {"error": message}
 
 
 def _refuse(status: int, message: str, openai: bool = False) -> web.HTTPException:
@@ -459,10 +455,8 @@ def main(argv: list[str]) -> None:
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     redact.add_secret(api_key)
 
-    # Logging as start_or_exit sets it up (there, a no-op then), but before `prepare`: what it and
-    # the prefetch thread log while vLLM is imported keeps its time and level.
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before `prepare`: what it and the prefetch thread log while vLLM is imported keeps its time and level.
+    configure_logging()
     worker = start_or_exit(environment.prepare(os.environ))
     from worker_vllm.router import make_handler  # after vLLM's import, which start_or_exit did
 

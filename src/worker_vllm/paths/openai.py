@@ -64,7 +64,14 @@ class OpenAIError(dict):
         return json.dumps(self)
 
 
-def error(message: str, status: int = 400, param: str | None = None, kind: str = "BadRequestError") -> dict[str, Any]:
+# The error type an OpenAI client reads for each status the worker answers itself.
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 408: "TimeoutError",
+               413: "BadRequestError", 500: "InternalServerError", 503: "ServiceUnavailableError"}
+
+
+def error(message: str, status: int = 400, param: str | None = None, kind: str | None = None) -> dict[str, Any]:
+    """An OpenAI error body; `kind` defaults to the type OpenAI clients expect for `status`."""
+    kind = kind or ERROR_TYPES.get(status, "APIError")
     return {"error": OpenAIError(message=message, type=kind, param=param, code=status)}
 
 
