@@ -316,8 +316,9 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
         for dest, value in FAST_BOOT_DEFAULTS.items():
             default(dest, value)
     argv, warnings = engine_argv(env, names)
-    # vLLM's parser puts the file's options where `--config` stands: first, so the environment's win.
-    args = _parse(parser, ["--config", config_file, *argv] if config_file else argv, names, env, config_file, in_file)
+    # The file's options first, where vLLM's parser would put them for `--config`: the environment's
+    # win. Spliced here from the read above, so the file is read once.
+    args = _parse(parser, [*file_argv, *argv], names, env, config_file, in_file)
     _env_wins(args, names, env, in_file)
     return Settings(args, worker, embedded), warnings
 
