@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from conftest import LORA_NAME
+from worker_vllm.startup import tiny_model
 
 CHAT = [{"role": "user", "content": "What is the weather in Paris?"}]
 # "strict": vLLM holds the arguments to the schema; without it, the random model may write any JSON.
@@ -192,22 +193,27 @@ def test_lora_adapter_changes_the_output(client):
     assert first_token_logprobs(LORA_NAME) != first_token_logprobs("tiny-random-llama")
 
 
+# The template opens <think>; banning </think> keeps the random model from closing it (a sampled
+# </think> would turn the rest into content), so everything it writes is reasoning.
+NEVER_CLOSE_THINK = {str(tiny_model.SPECIAL_TOKENS.index("</think>")): -100}
+
+
 def test_reasoning_parser_splits_reasoning_from_content(client):
     def ask(**kwargs):
         reply = client.chat.completions.create(model="tiny-random-llama", messages=CHAT, max_tokens=8,
+                                               logit_bias=NEVER_CLOSE_THINK,
                                                extra_body={"ignore_eos": True, **kwargs})
         return reply.choices[0].message
 
     plain = ask()
     assert plain.content and getattr(plain, "reasoning", None) is None
-    # The template opens <think>; the random model does not close it, so all of it is reasoning.
     thinking = ask(chat_template_kwargs={"thinking": True})
     assert thinking.reasoning and not thinking.content
 
 
 def test_reasoning_streams_as_reasoning_deltas(client):
     chunks = list(client.chat.completions.create(
-        model="tiny-random-llama", messages=CHAT, max_tokens=6, stream=True,
+        model="tiny-random-llama", messages=CHAT, max_tokens=6, stream=True, logit_bias=NEVER_CLOSE_THINK,
         extra_body={"ignore_eos": True, "chat_template_kwargs": {"thinking": True}}))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     assert "".join(getattr(d, "reasoning", None) or "" for d in deltas)
