@@ -5,6 +5,7 @@ A vLLM upgrade should touch this file only.
 
 import asyncio
 import difflib
+import gc
 import logging
 import types
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from worker_vllm import asgi
@@ -116,6 +118,10 @@ class Engine:
                 # vLLM's engine-error handler asks its uvicorn server to exit; in-process there is none,
                 # and the worker's watchdog (lifecycle.exit_when_engine_dies) ends the process instead.
                 app.state.server = types.SimpleNamespace(should_exit=False)
+                # As `vllm serve` does once it starts (its app's lifespan, which no server runs here):
+                # the start-up heap is kept out of garbage collection. Without it, each full collection
+                # walked vLLM's whole heap mid-stream, a quarter of this process's time while serving.
+                freeze_gc_heap()
                 self.app = app
             return self.app
 
@@ -204,3 +210,4 @@ class Engine:
 
     def shutdown(self):
         self.llm.shutdown()
+        gc.unfreeze()  # the heap is collectable again: objects left frozen at exit are reported as leaks
