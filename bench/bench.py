@@ -1,20 +1,27 @@
-"""Drives one workload four ways on one GPU and writes what it measured.
+"""Drives one workload five ways on one GPU and writes what it measured.
 
   (a) vLLM's AsyncLLM, directly: the ceiling;
   (b) the worker's handler, native path, run by the runpod SDK's own job runner;
   (c) the handler's OpenAI path, /v1/chat/completions with stream: true;
   (d) `vllm serve` on loopback, with a handler that forwards its SSE over aiohttp: the design
-      other workers use.
+      other workers use;
+  (e) the worker as a load-balancing endpoint (LOAD_BALANCER=true), its HTTP server called directly.
 
-(a), (b) and (c) share one engine in this process and run in the order --modes names them; (d)
-starts after that engine is shut down.
+(a), (b) and (c) share one engine in this process and run interleaved, round after round, in the
+order --modes names them; (d) and (e) each start a server of their own after that engine is shut
+down, and repeat their rounds on it. Every wave gets prompts of its own (no prefix-cache hits).
+throughput.json holds each round and, per way and concurrency, the median and range of its
+throughput and TTFT p50, and of its ratio to (a) in the same round.
 
-  python bench/bench.py --model DIR --out DIR [--concurrency 256 32] [--modes a b c d]
-                        [--openai-stream-interval N ...]
+  python bench/bench.py --model DIR --out DIR [--concurrency 256 32 max] [--modes a b c d e]
+                        [--rounds 3] [--openai-stream-interval N ...]
+
+"max" is the engine's max_num_seqs: the jobs a worker takes at once when MAX_CONCURRENCY is unset.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -30,6 +37,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the worker_vllm package
 
 import make_model  # bench/, the script's own folder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -134,34 +143,58 @@ def native(worker, handler):
         "prompt": prompt, "stream": True, "sampling_params": {"max_tokens": n, "ignore_eos": True}}, native_tokens)
 
 
+def chat_body(prompt: str, output_len: int) -> dict:
+    return {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": output_len,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+
+
 def openai_chat(worker, handler, stream_interval=None):
     extra = {"stream_interval": stream_interval} if stream_interval else {}
     per_delta = max(stream_interval or 1, worker.engine.args.stream_interval)  # vLLM takes the larger
-    return run_by_sdk(handler, lambda prompt, n: {"openai_route": "/v1/chat/completions", "openai_input": {
-        "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "stream": True,
-        "stream_options": {"include_usage": True}} | extra},
-        lambda item, seen: sse_tokens(item, seen, per_delta))
+    return run_by_sdk(handler, lambda prompt, n: {"openai_route": "/v1/chat/completions",
+                                                  "openai_input": chat_body(prompt, n) | extra},
+                      lambda item, seen: sse_tokens(item, seen, per_delta))
 
 
-def proxied(port: int):
-    """A peer-style handler: forwards the job to `vllm serve` over HTTP and yields each SSE event."""
+def http_session():
+    """An aiohttp session with no cap on connections: the default TCPConnector allows 100 at once,
+    which once held (d) to 100 concurrent streams while (a) to (c) ran all 256. Idle connections are
+    dropped after 3 s, before uvicorn closes them (5 s): reusing one it is closing failed a wave
+    with "Server disconnected"."""
     import aiohttp
 
-    # No cap on connections: aiohttp's default TCPConnector allows 100 at once, which held (d) to 100
-    # concurrent streams in the 256-request wave while (a) to (c) ran all 256.
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                    timeout=aiohttp.ClientTimeout(total=3600))
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=3600))
+
+
+async def sse_lines(session, port: int, body: dict):
+    async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as response:
+        assert response.status == 200, (response.status, await response.text())
+        async for line in response.content:
+            if line.startswith(b"data: "):
+                yield line.decode()
+
+
+def proxied(session, port: int):
+    """A peer-style handler: forwards the job to `vllm serve` over HTTP and yields each SSE event."""
 
     async def handler(job):
-        body = job["input"]["openai_input"]
-        async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as response:
-            async for line in response.content:
-                if line.startswith(b"data: "):
-                    yield line.decode()
+        async for line in sse_lines(session, port, job["input"]["openai_input"]):
+            yield line
 
-    return run_by_sdk(handler, lambda prompt, n: {"openai_input": {
-        "model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": n,
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}}, sse_tokens), session
+    return run_by_sdk(handler, lambda prompt, n: {"openai_input": chat_body(prompt, n)}, sse_tokens)
+
+
+def direct_http(session, port: int, per_delta: int):
+    """The client of a load-balancing endpoint: its requests reach the worker's server as they are."""
+
+    async def send(prompt, trace, output_len):
+        seen = 0
+        async for line in sse_lines(session, port, chat_body(prompt, output_len)):
+            seen, tokens = sse_tokens(line, seen, per_delta)
+            trace.got(tokens)
+
+    return send
 
 
 # --- orchestration -------------------------------------------------------------------------------
@@ -177,18 +210,51 @@ def engine_env(model: Path) -> dict:
     return env | caches.cache_env(os.environ | env, config.worker_settings(os.environ).volume)
 
 
-async def measure(name, send, args, results, out):
-    # Each way gets prompts of its own, so none finds another's in the prefix cache.
-    seed = zlib.crc32(name.encode())
-    await wave(send, 8, 64, 16, seed=seed, vocab=args.vocab)  # warm-up: first-request work is not throughput
-    for concurrency in args.concurrency:
+class Results:
+    """Each round's numbers, and their summary, written to throughput.json after every wave."""
+
+    def __init__(self, out: Path):
+        self.path, self.rounds, self.extra = out / "throughput.json", {}, {}
+
+    def add(self, concurrency: str, name: str, round_: int, result: dict) -> None:
+        self.rounds.setdefault(concurrency, {}).setdefault(name, []).append(result | {"round": round_})
+        print(name, concurrency, round_, json.dumps(result), flush=True)
+        self.path.write_text(json.dumps({"summary": self.summary(), "rounds": self.rounds} | self.extra, indent=2))
+
+    def summary(self) -> dict:
+        def spread(values):
+            return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values)}
+
+        summary = {}
+        for concurrency, ways in self.rounds.items():
+            ceiling = {r["round"]: r["output_tok_per_s"] for r in ways.get("a_direct", [])}
+            for name, runs in ways.items():
+                entry = {key: spread([r[key] for r in runs]) for key in ("output_tok_per_s", "ttft_ms_p50")}
+                if name[0] in "bc" and ceiling:  # interleaved with (a) on one engine: round by round
+                    entry["vs_a_direct"] = spread([round(r["output_tok_per_s"] / ceiling[r["round"]], 3)
+                                                   for r in runs if r["round"] in ceiling])
+                elif name[0] in "de" and ceiling:  # on an engine of their own, later: to (a)'s median
+                    entry["vs_a_direct_median"] = round(entry["output_tok_per_s"]["median"]
+                                                        / statistics.median(ceiling.values()), 3)
+                summary.setdefault(concurrency, {})[name] = entry
+        return summary
+
+
+async def measure(name, send, args, results: Results, concurrencies: list[int], round_: int):
+    # Each way, round and concurrency gets prompts of its own, so none finds another's in the prefix cache.
+    seed = zlib.crc32(name.encode()) + 1000 * round_
+    if round_ == 0:
+        await wave(send, 8, 64, 16, seed=seed, vocab=args.vocab)  # warm-up: first-request work is not throughput
+    for concurrency, label in zip(concurrencies, args.concurrency, strict=True):
         result = await wave(send, concurrency, args.prompt_len, args.output_len, seed + concurrency, args.vocab)
-        results.setdefault(str(concurrency), {})[name] = result
-        print(name, concurrency, json.dumps(result), flush=True)
-        (out / "throughput.json").write_text(json.dumps(results, indent=2))
+        results.add(label if label != "max" else f"max={concurrency}", name, round_, result)
 
 
-async def in_process(args, results, out):
+def concurrencies(args, max_num_seqs: int) -> list[int]:
+    return [max_num_seqs if c == "max" else int(c) for c in args.concurrency]
+
+
+async def in_process(args, results: Results):
     from worker_vllm.startup import hooks
 
     hooks.install()  # as src/handler.py does: the worker's log masking, and its engine-phase records
@@ -206,65 +272,90 @@ async def in_process(args, results, out):
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
     for interval in args.openai_stream_interval:  # vLLM's per-request stream_interval on (c)
         modes[f"c_openai_stream_interval_{interval}"] = lambda w, h, n=interval: openai_chat(w, h, n)
-    for mode in args.modes:  # in the order given
-        for name, make_send in modes.items():
-            if name[0] == mode:
-                await measure(name, make_send(worker, handler), args, results, out)
+    sends = {name: make(worker, handler) for mode in args.modes for name, make in modes.items() if name[0] == mode}
+    results.extra["max_num_seqs"] = worker.engine.max_num_seqs
+    results.extra["stream_interval"] = worker.engine.args.stream_interval
+    for round_ in range(args.rounds):
+        for name, send in sends.items():
+            await measure(name, send, args, results, concurrencies(args, worker.engine.max_num_seqs), round_)
     worker.engine.shutdown()
 
 
-async def via_vllm_serve(args, results, out):
+@contextlib.asynccontextmanager
+async def server(cmd: list[str], env: dict, url: str, log: Path):
+    """A server process, once `url` answers 200; yields its psutil.Process."""
+    import aiohttp
+
+    with open(log, "w") as output:
+        process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
+    try:
+        async with aiohttp.ClientSession() as probe:
+            for _ in range(1200):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with probe.get(url) as r:
+                        if r.status == 200:
+                            break
+                assert process.poll() is None, f"{cmd[1:3]} exited: see {log}"
+                await asyncio.sleep(0.5)
+        yield psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+async def over_http(name: str, make_send, cmd: list[str], env: dict, health: str, args, results: Results):
+    """Rounds of one way that runs in a server process; its process's CPU seconds go in the results."""
+    async with server(cmd, env, health, args.out / f"{name}.log") as process, http_session() as session:
+        send = make_send(session)
+        cpu, waves = sum(process.cpu_times()[:2]), concurrencies(args, results.extra.get("max_num_seqs", 256))
+        for round_ in range(args.rounds):
+            await measure(name, send, args, results, waves, round_)
+        results.extra[f"{name}_server_process_cpu_s"] = round(sum(process.cpu_times()[:2]) - cpu, 1)
+
+
+async def via_vllm_serve(args, results: Results):
     port = 18431
-    log = open(out / "vllm_serve.log", "w")
     env = os.environ | engine_env(args.model) | {"VLLM_LOGGING_LEVEL": "WARNING"}
     # `vllm serve`'s own server module, without the CLI wrapper (which needs the package named "vllm").
     cmd = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(args.model),
            "--load-format", "dummy",
            "--max-model-len", "4096", "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
            "--disable-uvicorn-access-log"] + (["--enforce-eager"] if os.environ.get("ENFORCE_EAGER") == "true" else [])
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        import aiohttp
+    await over_http("d_vllm_serve_proxy", lambda session: proxied(session, port), cmd, env,
+                    f"http://127.0.0.1:{port}/health", args, results)
 
-        async with aiohttp.ClientSession() as probe:
-            for _ in range(1200):
-                try:
-                    async with probe.get(f"http://127.0.0.1:{port}/health") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert server.poll() is None, "vllm serve exited"
-                await asyncio.sleep(0.5)
-        send, session = proxied(port)
-        api = psutil.Process(server.pid)
-        api_cpu = sum(api.cpu_times()[:2])
-        await measure("d_vllm_serve_proxy", send, args, results, out)
-        results["d_vllm_serve_api_process_cpu_s"] = round(sum(api.cpu_times()[:2]) - api_cpu, 1)
-        await session.close()
-    finally:
-        server.terminate()
-        server.wait(60)
+
+async def load_balancing(args, results: Results):
+    port = 18432
+    env = os.environ | engine_env(args.model) | {"LOAD_BALANCER": "true", "PORT": str(port), "PORT_HEALTH": str(port)}
+    per_delta = int(results.extra.get("stream_interval", 4))
+    cmd = [sys.executable, str(ROOT / "src" / "handler.py")]
+    await over_http("e_load_balancer", lambda session: direct_http(session, port, per_delta), cmd, env,
+                    f"http://127.0.0.1:{port}/ping", args, results)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a folder from make_model.py")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[256, 32])
+    parser.add_argument("--concurrency", nargs="+", default=["256", "32"],
+                        help='requests at once, one wave each; "max" is the engine\'s max_num_seqs')
     parser.add_argument("--prompt-len", type=int, default=1024)
     parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d"])
+    parser.add_argument("--modes", nargs="+", default=["a", "b", "c", "d", "e"])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--openai-stream-interval", type=int, nargs="*", default=[],
                         help="also run (c) with these stream_interval values in the request")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]
-    results = {}
+    results = Results(args.out)
     if set(args.modes) & {"a", "b", "c"}:
-        asyncio.run(in_process(args, results, args.out))
+        asyncio.run(in_process(args, results))
+    if "e" in args.modes:
+        asyncio.run(load_balancing(args, results))
     if "d" in args.modes:
-        asyncio.run(via_vllm_serve(args, results, args.out))
+        asyncio.run(via_vllm_serve(args, results))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 # bash bench/gpu_run.sh PART [ARGS]. Settings in the environment reach every part (FAST_BOOT=true, ...).
 #
 #   tests [NAME=VALUE ...] [PYTEST_ARGS]  the engine tests on the GPU, then the process tests (pytest wheels in .whl/)
-#   throughput [BENCH_ARGS]   bench.py's (a) AsyncLLM (b) native (c) OpenAI (d) vllm serve + proxy, 256 and 32 at once
+#   throughput [BENCH_ARGS]   bench.py's (a) AsyncLLM (b) native (c) OpenAI (d) vllm serve + proxy (e) load balancer,
+#                             3 interleaved rounds; the model shape from MODEL_CONFIG (bench/*-config.json, 8B by default);
+#                             PROFILE=true also samples bench.py's process with py-spy (a wheel in .whl/)
 #   cold [COLD_START_ARGS]    cold start in this machine's Python, dummy weights: empty caches, then warm
 #   image [--default] [--dummy] [--warm] [--compare DIR]  the image's Python: FAST_BOOT empty start, then 2 warm
 #                             ones, 15 GiB of real weights out of the page cache (the cold-start targets)
@@ -18,7 +20,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:-$PWD/out}"
-MODEL=/tmp/bench-llama-3.1-8b
+MODEL_CONFIG="${MODEL_CONFIG:-bench/llama-3.1-8b-config.json}"
+MODEL="/tmp/bench-$(basename "$MODEL_CONFIG" -config.json)"
 IMAGE=/tmp/image  # the image's Python, made by bench/image_env.py
 VOLUME=/runpod-volume  # where bench/cold_start.py's starts keep their caches, as on Runpod
 export PYTHONUNBUFFERED=1 RUNPOD_LOG_LEVEL=WARN VLLM_USE_FLASHINFER_SAMPLER="${VLLM_USE_FLASHINFER_SAMPLER:-0}"
@@ -32,12 +35,27 @@ need_vllm() {  # found without importing it (the import takes 10-30 s)
     die "vLLM and the runpod SDK are not importable: stage them (../shared/gpu/README.md), then export PYTHONPATH=/tmp/site"
   mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt"
-  [ -d "$MODEL" ] || python3 bench/make_model.py "$MODEL" > /dev/null || die "bench/make_model.py failed"
+  [ -d "$MODEL" ] || python3 bench/make_model.py "$MODEL" --config "$MODEL_CONFIG" > /dev/null ||
+    die "bench/make_model.py failed"
 }
 
 throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summary lines on stdout
-  local label=$1; shift
-  python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" 2>&1 | tee "$OUT/$label.log" | grep -E '^[abcd]_'
+  local label=$1 bench status; shift
+  python3 bench/bench.py --model "$MODEL" --out "$OUT/$label" "$@" > "$OUT/$label.log" 2>&1 &
+  bench=$!
+  if [ "${PROFILE:-}" = true ]; then
+    # Attached, not launching: a profiler that fails leaves the run alone. --nonblocking samples without
+    # pausing the process, so the profiled run's figures still count.
+    if python3 -m pip install -q --no-deps --no-index --target /tmp/py-spy .whl/py_spy-*.whl; then
+      /tmp/py-spy/bin/py-spy record --nonblocking -r 100 -f raw -o "$OUT/$label.pyspy.txt" --pid "$bench" \
+        > "$OUT/$label.pyspy.log" 2>&1 &
+    else
+      echo "gpu_run.sh: no py-spy wheel in .whl/: not profiled" >&2
+    fi
+  fi
+  wait "$bench"; status=$?
+  grep -E '^[abcde]_' "$OUT/$label.log"
+  return "$status"
 }
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
 in_image() { PATH="$IMAGE/venv/bin:$PATH" "$@"; }

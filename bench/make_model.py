@@ -3,18 +3,19 @@ token id ("t0" ... "tN"), so that a prompt of N random words is exactly N tokens
 weights (the engine runs with load_format=dummy); `--weights` also writes all-zero safetensors
 shards, for measuring weight loading.
 
-  python bench/make_model.py DIR [--weights]
+  python bench/make_model.py DIR [--config FILE] [--weights]
 """
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+DEFAULT_CONFIG = HERE / "llama-3.1-8b-config.json"
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
-def make(dest: Path, config: Path = HERE / "llama-3.1-8b-config.json") -> Path:
+def make(dest: Path, config: Path = DEFAULT_CONFIG) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,7 +62,12 @@ def prompt(length: int, seed: int, vocab: int = 128000) -> str:
 
 
 if __name__ == "__main__":
-    folder = make(Path(sys.argv[1]))
-    if "--weights" in sys.argv[2:]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="a model config (bench/*-config.json)")
+    parser.add_argument("--weights", action="store_true", help="also write all-zero bf16 safetensors shards")
+    args = parser.parse_args()
+    folder = make(args.dest, args.config)
+    if args.weights:
         print(*write_weights(folder), sep="\n")
     print(folder)
