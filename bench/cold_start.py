@@ -7,10 +7,12 @@ The caches live where the worker puts them on Runpod: on the network volume, /ru
 builder/warm_cache.py, which fills the volume as a user would (one local job, with no runpod SDK);
 the warm start is the worker in the runpod SDK's production loop, which finds what it left and
 takes one streaming job from a fake Runpod job API on 127.0.0.1. Its first token is the moment
-the first streamed item reaches that API.
+the first streamed item reaches that API. A "load_balancer" run starts the worker with
+LOAD_BALANCER=true instead and polls /ping every 20 ms: Runpod's cold-start figure for such an
+endpoint is the time from the first 204 to the first 200; then one streamed chat completion.
 
-  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm] [--evict-weights]
-                             [--worker PATH]
+  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm load_balancer]
+                             [--evict-weights] [--worker PATH]
 
 The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
 files from the page cache before each start, as on a machine that has not read them yet.
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the worker_vllm package
@@ -38,6 +42,7 @@ WORKER_LINE = "startup: process and imports"  # the worker's breakdown, vLLM's e
 PHASE = re.compile(r"([A-Za-z][\w. -]*?) ([\d.]+) s\b")
 PREFETCH = re.compile(r"prefetch: ([\d.]+) of ([\d.]+) GiB of weights read into memory in ([\d.]+) s")
 JIT = re.compile(r"(?i)flashinfer\.jit|\[flashinfer\].*(compil|build)|\bninja\b")
+LB_PORT = 18433
 
 
 def evict(model: Path) -> None:
@@ -58,6 +63,9 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     fake = None
     if run == "empty":
         command = [HERE.parent / "builder" / "warm_cache.py", VOLUME]
+    elif run == "load_balancer":
+        env |= {"LOAD_BALANCER": "true", "PORT": str(LB_PORT), "PORT_HEALTH": str(LB_PORT)}
+        command = [worker.resolve()]
     else:
         fake = FakeRunpod([{"id": "first", "input": job}])
         env |= fake.worker_env()
@@ -69,6 +77,9 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     if fake:  # the job done: stop the worker as Runpod does, with SIGTERM
         threading.Thread(target=lambda: wait_for(lambda: fake.done or proc.poll() is not None, 600)
                          and proc.poll() is None and proc.terminate(), daemon=True).start()
+    if run == "load_balancer":  # as Runpod's load balancer sees it; then SIGTERM
+        threading.Thread(target=lambda: result.update(load_balancer_timeline(proc, began)) or proc.terminate(),
+                         daemon=True).start()
     with open(log_path, "w") as log:
         for line in proc.stdout:
             log.write(line)
@@ -97,12 +108,45 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     return result
 
 
+def load_balancer_timeline(proc: subprocess.Popen, began: float) -> dict:
+    """Seconds after launch of the first /ping answer, the first 204 and the first 200, then of the
+    first token of one streamed chat completion."""
+    seen: dict[str, float] = {}
+    while "ping_200_after_launch_s" not in seen and proc.poll() is None and time.monotonic() - began < 900:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{LB_PORT}/ping", timeout=2) as response:
+                status = response.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except OSError:  # not listening yet
+            status = None
+        if status is not None:
+            seen.setdefault("ping_first_answer_after_launch_s", round(time.monotonic() - began, 2))
+            if status in (200, 204):
+                seen.setdefault(f"ping_{status}_after_launch_s", round(time.monotonic() - began, 2))
+        time.sleep(0.02)
+    if "ping_200_after_launch_s" not in seen:
+        return seen
+    if "ping_204_after_launch_s" in seen:
+        seen["runpod_cold_start_s"] = round(seen["ping_200_after_launch_s"] - seen["ping_204_after_launch_s"], 2)
+    body = json.dumps({"messages": [{"role": "user", "content": "t11 t12 t13"}], "max_tokens": 8,
+                       "stream": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{LB_PORT}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        for line in response:
+            if line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+                seen["first_token_after_launch_s"] = round(time.monotonic() - began, 2)
+                break
+    return seen
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--label", default="default")
-    parser.add_argument("--runs", nargs="+", default=["empty", "warm"])
+    parser.add_argument("--runs", nargs="+", default=["empty", "warm"], choices=["empty", "warm", "load_balancer"])
     parser.add_argument("--evict-weights", action="store_true")
     parser.add_argument("--worker", type=Path, default=HERE.parent / "src" / "handler.py",
                         help="the handler.py the warm starts run (to compare two versions on one machine)")

@@ -8,6 +8,7 @@
 #                             3 interleaved rounds; the model shape from MODEL_CONFIG (bench/*-config.json, 8B by default);
 #                             PROFILE=true also samples bench.py's process with py-spy (a wheel in .whl/)
 #   cold [COLD_START_ARGS]    cold start in this machine's Python, dummy weights: empty caches, then warm
+#                             (--runs load_balancer: LOAD_BALANCER=true, from the first 204 on /ping to the first 200)
 #   image [--default] [--dummy] [--warm] [--compare DIR]  the image's Python: FAST_BOOT empty start, then 2 warm
 #                             ones, 15 GiB of real weights out of the page cache (the cold-start targets)
 #   fastboot_cost [BENCH_ARGS]  (a) with the default settings, then with FAST_BOOT=true, on one machine
