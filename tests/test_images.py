@@ -96,3 +96,7 @@ def test_the_readme_says_what_the_image_installs():
     # vllm==0.32.0's CUDA wheel requires fastsafetensors and instanttensor: the README must not deny them.
     assert "vllm==0.32.0" in requirements and "does not ship them" not in readme
     assert "requires `fastsafetensors` and `instanttensor`" in readme
+    # The bitsandbytes plugin and library, at the versions the image installs.
+    for package in ("vllm-bnb-plugin", "bitsandbytes"):
+        version = re.search(rf"^{package}==(\S+)$", requirements, re.M)
+        assert version and f"`{package}` {version.group(1)}" in readme, package

@@ -141,6 +141,10 @@ def _hint_by_message(message: str) -> str | None:
         return _OOM_HINT
     if "No space left on device" in message:
         return _DISK_FULL_HINT
+    if "Unknown quantization method: bitsandbytes" in message:
+        return ("set QUANTIZATION=bitsandbytes (the worker loads vLLM's bitsandbytes plugin only when QUANTIZATION, "
+                "LOAD_FORMAT or a local model's config.json names it), and where VLLM_PLUGINS is set, list "
+                "bitsandbytes in it")
     if "is not a valid git identifier" in message:  # transformers' words for RevisionNotFoundError
         return "pin MODEL_REVISION to a branch, tag or commit that exists in the model's repo"
     if any(s in message for s in CAUSE_IN_ANOTHER_PROCESS):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker_vllm import config
-from worker_vllm.startup import baked, cached_model, caches, cpu_probe, download, phases, prefetch
+from worker_vllm.startup import baked, cached_model, caches, cpu_probe, download, phases, plugins, prefetch
 
 
 @dataclass
@@ -58,7 +58,7 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
     places = caches.cache_env(env, volume)
     fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
     os.close(fd)
-    additions = places | (config.vllm_env(env, own) if own else {}) | {
+    additions = places | (config.vllm_env(env, own) if own else {}) | plugins.vllm_env(env, plugins.installed()) | {
         phases.FILE_ENV: phases_file,
         # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
         "RUNPOD_LOG_LEVEL": env.get("RUNPOD_LOG_LEVEL") or "INFO",
