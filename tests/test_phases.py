@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import ROOT
 from worker_vllm.startup import phases
 
@@ -37,6 +39,27 @@ def test_vllm_phase_records_are_noted_and_summed_up(tmp_path, monkeypatch):
     assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (weight load 3.8 s, "
                     "torch.compile 20.5 s, CUDA graphs 6.0 s, KV cache profiling and warm-up 4.5 s); "
                     "ready 60.2 s after process start")
+
+
+def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records(tmp_path, monkeypatch):
+    phases_file = tmp_path / "phases"
+    phases_file.touch()
+    monkeypatch.setenv(phases.FILE_ENV, str(phases_file))
+    phases.record_engine_phases()
+    log = logging.getLogger("vllm.test")
+    log.setLevel(logging.INFO)
+    began = time.time()
+    times = iter([began + 6.0, began + 11.5])  # the engine process's first record, then its worker's
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "time", lambda: next(times))  # what logging stamps a record with
+        log.info("Initializing a V1 LLM engine (v0.32.0) with config: model='m'")
+        log.info("Starting to load model /models/m...")
+    log.info("Loading weights took 2.10 seconds")
+
+    found = phases.engine_phases(phases_file, began)
+    assert list(found) == ["engine process start", "worker start", "weight load"]
+    assert found["engine process start"] == pytest.approx(6.0) and found["worker start"] == pytest.approx(5.5)
+    assert "engine process start" not in phases.engine_phases(phases_file)  # no start time: not named
 
 
 def test_nothing_is_noted_once_the_worker_removed_the_file(tmp_path, monkeypatch):

@@ -79,8 +79,10 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
     # reading stops once the engine is up, not as it starts.
     assert re.search(r"prefetch: ([\d.]+) of \1 GiB of weights read into memory", log), log[-3000:]
     assert log.index("init engine (profile, create kv cache, warmup model) took") < log.index("prefetch: ")
-    # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no graphs).
+    # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no
+    # graphs), after the starts of its two processes (the engine's and its model worker's).
     assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s "
-                     r"\(weight load [\d.]+ s, KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]
+                     r"\(engine process start [1-9][\d.]* s, worker start [\d.]+ s, weight load [\d.]+ s, "
+                     r"KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]
     for name, value in SECRETS.items():
         assert value not in log, f"{name} leaked into the worker's log"

@@ -40,10 +40,11 @@ def start(env: Mapping[str, str], startup: Startup | None = None) -> Worker:
     configured = time.monotonic()
     if startup:
         startup.before_engine()
+    engine_began = time.time()  # wall clock: vLLM's processes stamp their log records with it
     try:
         started = Worker(engine.Engine(settings.engine_args), settings)
     finally:
-        found = startup.engine_started() if startup else {}
+        found = startup.engine_started(engine_began) if startup else {}
     done = time.monotonic()
     log.info(phases.summary(imports, configured - began, done - configured, found))
     return started

@@ -33,13 +33,14 @@ class Startup:
         if self.probing:
             self.probing.join()
 
-    def engine_started(self) -> dict[str, float]:
-        """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them."""
+    def engine_started(self, began: float | None = None) -> dict[str, float]:
+        """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them
+        (`began`: time.time() as the engine's start began)."""
         if self.prefetching:
             self.prefetching.stop()
         if self.downloading:
             self.downloading.stop()
-        found = phases.engine_phases(self.phases_file)
+        found = phases.engine_phases(self.phases_file, began)
         self.failures = phases.engine_failures(self.phases_file)
         self.phases_file.unlink(missing_ok=True)  # the processes' recorders stop writing
         return found

@@ -25,6 +25,14 @@ ENGINE_PHASES = [
     ("CUDA graphs", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
     ("engine init", re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")),
 ]
+# The first records of vLLM 0.32's engine process and of its model worker, noted with their time.
+# Before them, each process started Python, imported vLLM and set up its device: seconds that no
+# record names (12 of the engine's 14 s on CPU).
+PROCESS_STARTS = [
+    ("engine process start", re.compile(r"Initializing a V1 LLM engine")),
+    ("worker start", re.compile(r"Starting to load model")),
+]
+STARTED = "started"  # a note of when a process of PROCESS_STARTS got going
 
 
 def seconds_since_process_start() -> float:
@@ -63,6 +71,9 @@ def _note(record: logging.LogRecord) -> list | None:
         for phase, pattern in ENGINE_PHASES:
             if match := pattern.search(message):
                 return [phase, float(match.group(1))]
+        for phase, pattern in PROCESS_STARTS:
+            if pattern.search(message):
+                return [STARTED, {"phase": phase, "at": record.created}]
     elif record.levelno >= logging.ERROR and record.exc_info and (exc := record.exc_info[1]) is not None:
         return [FAILURE, {"type": type(exc).__name__, "message": str(exc).strip().splitlines()[0] if str(exc).strip()
                           else type(exc).__name__}]
@@ -78,12 +89,22 @@ def engine_failures(path: Path) -> list[dict]:
     return [detail for kind, detail in _notes(path) if kind == FAILURE]
 
 
-def engine_phases(path: Path) -> dict[str, float]:
-    """Seconds per engine phase from the file; with several GPU workers, the slowest."""
+def engine_phases(path: Path, engine_began: float | None = None) -> dict[str, float]:
+    """Seconds per engine phase from the file; with several GPU workers, the slowest. With
+    `engine_began` (time.time() as the engine's start began), the processes' starts come first."""
     phases: dict[str, float] = {}
-    for phase, seconds in _notes(path):
-        if phase != FAILURE:
-            phases[phase] = max(seconds, phases.get(phase, 0.0))
+    started: dict[str, float] = {}
+    for phase, value in _notes(path):
+        if phase == STARTED:
+            started[value["phase"]] = max(value["at"], started.get(value["phase"], 0.0))
+        elif phase != FAILURE:
+            phases[phase] = max(value, phases.get(phase, 0.0))
+    if engine_began is not None:
+        starts, previous = {}, engine_began
+        for phase, _ in PROCESS_STARTS:  # each from the one before it
+            if phase in started:
+                starts[phase], previous = max(started[phase] - previous, 0.0), started[phase]
+        phases = starts | phases
     init = phases.pop("engine init", None)
     if init is not None:  # the engine's init holds compile and graphs; the rest is KV profiling and warm-up
         rest = init - phases.get("torch.compile", 0) - phases.get("CUDA graphs", 0)
