@@ -16,6 +16,7 @@ from conftest import LORA_NAME
 
 CHAT = [{"role": "user", "content": "hi"}]
 MODEL = "tiny-random-llama"
+NO_EOS = {"ignore_eos": True}  # exact token counts: the random model samples its end-of-text now and then
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def client(endpoint):
 
 
 def test_responses_stream_ends_with_response_completed(client):
-    events = list(client.responses.create(model=MODEL, input="hi", max_output_tokens=12, stream=True))
+    events = list(client.responses.create(model=MODEL, input="hi", max_output_tokens=12, stream=True,
+                                          extra_body=NO_EOS))
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and events[-1].response.output_text == text
@@ -33,7 +35,7 @@ def test_responses_stream_ends_with_response_completed(client):
 
 
 def test_responses_stream_helper(client):
-    with client.responses.stream(model=MODEL, input="hi", max_output_tokens=6) as stream:
+    with client.responses.stream(model=MODEL, input="hi", max_output_tokens=6, extra_body=NO_EOS) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(deltas) == final.output_text and final.status == "incomplete"  # max_output_tokens reached
@@ -42,7 +44,7 @@ def test_responses_stream_helper(client):
 def test_responses_stream_as_a_runpod_job_logs_its_usage(run_job, caplog):
     with caplog.at_level("INFO", logger="worker.jobs"):
         items = run_job({"openai_route": "/v1/responses",
-                         "openai_input": {"input": "hi", "max_output_tokens": 5, "stream": True}}, job_id="resp-stream")
+                         "openai_input": {"input": "hi", "max_output_tokens": 5, "stream": True, **NO_EOS}}, job_id="resp-stream")
     assert all(isinstance(item, str) for item in items)
     assert "event: response.completed" in items[-1]
     assert "job resp-stream route=/v1/responses prompt_tokens=" in caplog.text
@@ -56,7 +58,7 @@ def test_async_client_chat_stream_and_responses(endpoint):
                                                      stream_options={"include_usage": True},
                                                      extra_body={"ignore_eos": True})
             chunks = [chunk async for chunk in stream]
-            reply = await c.responses.create(model=MODEL, input="hi", max_output_tokens=4)
+            reply = await c.responses.create(model=MODEL, input="hi", max_output_tokens=4, extra_body=NO_EOS)
             return chunks, reply
 
     chunks, reply = asyncio.run(scenario())

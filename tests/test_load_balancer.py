@@ -69,7 +69,8 @@ def test_serves_vllms_app_with_ping_limits_and_a_drain_on_sigterm(tmp_path):
                                                      stream_options={"include_usage": True},
                                                      extra_body={"ignore_eos": True}))
         assert chunks[-1].usage.completion_tokens == 9
-        assert client.responses.create(model=MODEL, input="hi", max_output_tokens=3).usage.output_tokens == 3
+        assert client.responses.create(model=MODEL, input="hi", max_output_tokens=3,
+                                      extra_body={"ignore_eos": True}).usage.output_tokens == 3
         with anthropic.Anthropic(base_url=base, api_key="x", max_retries=0, timeout=60) as claude:
             assert claude.messages.create(model=MODEL, max_tokens=4, messages=CHAT).type == "message"
             with claude.messages.stream(model=MODEL, max_tokens=4, messages=CHAT) as stream:
