@@ -21,13 +21,25 @@ VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel work
 ]
 
 
-def test_vllm_phase_records_are_noted_and_summed_up(tmp_path, monkeypatch):
-    phases_file = tmp_path / "phases"
-    phases_file.touch()
-    monkeypatch.setenv(phases.FILE_ENV, str(phases_file))
+@pytest.fixture
+def phases_file(tmp_path, monkeypatch):
+    """The phases file, named in this process's environment, with the recorder installed."""
+    path = tmp_path / "phases"
+    path.touch()
+    monkeypatch.setenv(phases.FILE_ENV, str(path))
     phases.record_engine_phases()
-    log = logging.getLogger("vllm.test")
-    log.setLevel(logging.INFO)
+    return path
+
+
+@pytest.fixture
+def log():
+    """A vLLM logger, as vLLM's own modules log through."""
+    logger = logging.getLogger("vllm.test")
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_vllm_phase_records_are_noted_and_summed_up(phases_file, log):
     for line in VLLM_LINES:
         log.info(line)
     logging.getLogger("somebody.else").warning("Loading weights took 99 seconds")  # not vLLM's
@@ -41,13 +53,7 @@ def test_vllm_phase_records_are_noted_and_summed_up(tmp_path, monkeypatch):
                     "ready 60.2 s after process start")
 
 
-def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records(tmp_path, monkeypatch):
-    phases_file = tmp_path / "phases"
-    phases_file.touch()
-    monkeypatch.setenv(phases.FILE_ENV, str(phases_file))
-    phases.record_engine_phases()
-    log = logging.getLogger("vllm.test")
-    log.setLevel(logging.INFO)
+def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records(phases_file, log, monkeypatch):
     began = time.time()
     times = iter([began + 6.0, began + 11.5])  # the engine process's first record, then its worker's
     with monkeypatch.context() as patched:
