@@ -12,6 +12,7 @@
 #   image [--default] [--dummy] [--warm] [--compare DIR]  the image's Python: FAST_BOOT empty start, then 2 warm
 #                             ones, 15 GiB of real weights out of the page cache (the cold-start targets)
 #   fastboot_cost [BENCH_ARGS]  (a) with the default settings, then with FAST_BOOT=true, on one machine
+#   quant [QUANT_CHECK_ARGS]  one job per quantization (bitsandbytes, fp8, awq, gptq) on a 1B model made here
 #
 # image's options: --default  the default settings instead of FAST_BOOT; --dummy  dummy weights (no 15 GiB on disk);
 #   --warm  no empty start: warm starts from the caches an earlier `image` left on this machine;
@@ -144,6 +145,7 @@ case "$part" in
     need_vllm
     throughput default_a --modes a "$@"
     FAST_BOOT=true throughput fast_boot_a --modes a "$@" ;;
+  quant) need_vllm; python3 bench/quant_check.py --out "$OUT" "$@" ;;
   -h|--help) usage ;;
   *) usage >&2; die "${part:+unknown }part: ${part:-none given}" ;;
 esac

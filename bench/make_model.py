@@ -31,8 +31,9 @@ def make(dest: Path, config: Path = DEFAULT_CONFIG) -> Path:
     return dest
 
 
-def write_weights(dest: Path, shard_bytes: int = 4 << 30) -> list[Path]:
-    """Zero bf16 weights for every parameter of the config's model, in shards of about `shard_bytes`."""
+def write_weights(dest: Path, shard_bytes: int = 4 << 30, random: bool = False) -> list[Path]:
+    """Zero bf16 weights for every parameter of the config's model, in shards of about `shard_bytes`;
+    `random`: small random ones instead (quantizing zeros divides by a zero scale)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -46,7 +47,8 @@ def write_weights(dest: Path, shard_bytes: int = 4 << 30) -> list[Path]:
             save_file(shard, shards[-1], metadata={"format": "pt"})
             shard, size = {}, 0
         if name is not None:
-            shard[name] = torch.zeros(param.shape, dtype=torch.bfloat16)
+            shard[name] = (torch.randn(param.shape) * 0.02).to(torch.bfloat16) if random else \
+                torch.zeros(param.shape, dtype=torch.bfloat16)
             size += param.numel() * 2
     return shards
 
