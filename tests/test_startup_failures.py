@@ -178,6 +178,16 @@ def test_an_engine_process_failure_reads_the_cause_that_process_logged(tmp_path,
     assert phases.engine_phases(notes) == {}  # a failure is no phase
 
 
+def test_a_model_worker_failure_is_the_cause_not_the_engine_process_pointing_at_it():
+    # As vLLM 0.32 logs them when its model worker fails (QUANTIZATION=fp8 on a CPU): the worker's
+    # exception, then the engine process's, which only says the cause is elsewhere.
+    noted = [{"type": "RuntimeError", "message": "_C::static_scaled_fp8_quant() expected at most 0 argument(s)"},
+             {"type": "Exception", "message": "WorkerProc initialization failed due to an exception in a "
+                                              "background process. See stack trace for root cause."}]
+    text = line(RuntimeError(ENGINE_CORE_FAILED), noted)
+    assert text == "RuntimeError in vLLM's engine process: _C::static_scaled_fp8_quant() expected at most 0 argument(s)"
+
+
 def _engine_core_that_fails():  # as vLLM's run_engine_core does, in a forked process
     try:
         _check_enough_kv_cache_memory(GIB, lambda: 2 * GIB, 2048, lambda memory: 1024)

@@ -58,7 +58,9 @@ def startup_failure(exc: BaseException, noted: Sequence[dict] = ()) -> str:
     `noted`: the exceptions vLLM's engine processes logged as they failed (startup.phases records
     them), used when `exc` says the cause is there."""
     if noted and any(s in str(exc) for s in CAUSE_IN_ANOTHER_PROCESS):
-        hinted = [(n, _hint_by_message(n["message"])) for n in noted]
+        # The engine process's own failure only points at its model worker's, when that one failed.
+        causes = [n for n in noted if not any(s in n["message"] for s in CAUSE_IN_ANOTHER_PROCESS)] or list(noted)
+        hinted = [(n, _hint_by_message(n["message"])) for n in causes]
         cause, hint = next(((n, h) for n, h in hinted if h), hinted[0])
         return with_hint(f"{cause['type']} in vLLM's engine process: {cause['message']}", hint)
     return with_hint(f"{type(exc).__name__}: {describe(exc)}", startup_hint(exc))
