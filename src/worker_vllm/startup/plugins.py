@@ -1,7 +1,7 @@
 """Which vLLM plugins load: vLLM 0.32 moved bitsandbytes out of its core into vllm-bnb-plugin,
 which the image installs, and vLLM loads every installed plugin in each of its processes.
 
-Registering that plugin imports vLLM's model loaders up front: 0.3 to 1 s of every start on CPU.
+Registering that plugin imports vLLM's model loaders up front: 0.6 to 1.2 s of a start on CPU.
 So it loads only for a model that uses it (QUANTIZATION or LOAD_FORMAT bitsandbytes, or a local
 model whose config.json was quantized with it); VLLM_PLUGINS, where set, decides instead.
 """
