@@ -9,9 +9,10 @@
 
 (a), (b) and (c) share one engine in this process and run interleaved, round after round, in the
 order --modes names them; (d) and (e) each start a server of their own after that engine is shut
-down, and repeat their rounds on it. Every wave gets prompts of its own (no prefix-cache hits).
+down, and run their rounds on it. Every wave gets prompts of its own (no prefix-cache hits).
 throughput.json holds each round and, per way and concurrency, the median and range of its
-throughput and TTFT p50, and of its ratio to (a) in the same round.
+throughput and TTFT p50, and its ratio to (a): round by round for (b) and (c), to (a)'s median for
+(d) and (e), which did not run beside it.
 
   python bench/bench.py --model DIR --out DIR [--concurrency 256 32 max] [--modes a b c d e]
                         [--rounds 3] [--openai-stream-interval N ...]
@@ -275,9 +276,10 @@ async def in_process(args, results: Results):
     sends = {name: make(worker, handler) for mode in args.modes for name, make in modes.items() if name[0] == mode}
     results.extra["max_num_seqs"] = worker.engine.max_num_seqs
     results.extra["stream_interval"] = worker.engine.args.stream_interval
+    waves = concurrencies(args, worker.engine.max_num_seqs)
     for round_ in range(args.rounds):
         for name, send in sends.items():
-            await measure(name, send, args, results, concurrencies(args, worker.engine.max_num_seqs), round_)
+            await measure(name, send, args, results, waves, round_)
     worker.engine.shutdown()
 
 
@@ -307,7 +309,8 @@ async def over_http(name: str, make_send, cmd: list[str], env: dict, health: str
     """Rounds of one way that runs in a server process; its process's CPU seconds go in the results."""
     async with server(cmd, env, health, args.out / f"{name}.log") as process, http_session() as session:
         send = make_send(session)
-        cpu, waves = sum(process.cpu_times()[:2]), concurrencies(args, results.extra.get("max_num_seqs", 256))
+        # "max" is allowed only where (a) to (c) ran first and noted max_num_seqs (main checks).
+        cpu, waves = sum(process.cpu_times()[:2]), concurrencies(args, results.extra.get("max_num_seqs", 0))
         for round_ in range(args.rounds):
             await measure(name, send, args, results, waves, round_)
         results.extra[f"{name}_server_process_cpu_s"] = round(sum(process.cpu_times()[:2]) - cpu, 1)
@@ -347,6 +350,8 @@ def main():
     parser.add_argument("--openai-stream-interval", type=int, nargs="*", default=[],
                         help="also run (c) with these stream_interval values in the request")
     args = parser.parse_args()
+    if "max" in args.concurrency and not set(args.modes) & {"a", "b", "c"}:
+        parser.error("--concurrency max needs mode a, b or c: their engine reports max_num_seqs")
     args.out.mkdir(parents=True, exist_ok=True)
     args.vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]
     results = Results(args.out)
