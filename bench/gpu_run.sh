@@ -13,6 +13,8 @@
 #                             ones, 15 GiB of real weights out of the page cache (the cold-start targets)
 #   fastboot_cost [BENCH_ARGS]  (a) with the default settings, then with FAST_BOOT=true, on one machine
 #   quant [QUANT_CHECK_ARGS]  one job per quantization (bitsandbytes, fp8, awq, gptq) on a 1B model made here
+#   kernels                   what the starts so far left in the volume's kernel caches: the Triton kernels in build
+#                             order (bench/triton_kernels.py), and each cache's size
 #
 # image's options: --default  the default settings instead of FAST_BOOT; --dummy  dummy weights (no 15 GiB on disk);
 #   --warm  no empty start: warm starts from the caches an earlier `image` left on this machine;
@@ -135,7 +137,7 @@ part="${1:-}"
 shift || true
 case "$part" in
   tests) need_vllm; tests "$@" ;;
-  throughput) need_vllm; throughput throughput "$@" ;;
+  throughput) need_vllm; throughput "${LABEL:-throughput}" "$@" ;;  # LABEL: several runs in one $OUT
   cold)
     need_vllm
     label=default; [ "${FAST_BOOT:-}" != true ] || label=fast_boot
@@ -146,6 +148,15 @@ case "$part" in
     throughput default_a --modes a "$@"
     FAST_BOOT=true throughput fast_boot_a --modes a "$@" ;;
   quant) need_vllm; python3 bench/quant_check.py --out "$OUT" "$@" ;;
+  kernels)
+    mkdir -p "$OUT"
+    du -sh "$VOLUME"/cache/*/*/*/* 2> /dev/null | tee "$OUT/kernel_caches.txt"
+    for triton in "$VOLUME"/cache/*/*/*/triton; do
+      [ -d "$triton" ] || continue
+      python3 bench/triton_kernels.py "$triton" --json "$OUT/triton_kernels.json" \
+        --source "$(python3 -c 'import vllm, os; print(os.path.dirname(os.path.dirname(vllm.__file__)))')" |
+        tee "$OUT/triton_kernels.txt"
+    done ;;
   -h|--help) usage ;;
   *) usage >&2; die "${part:+unknown }part: ${part:-none given}" ;;
 esac
