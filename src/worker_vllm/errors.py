@@ -39,6 +39,11 @@ OUT_OF_MEMORY = ("CUDA out of memory", "CUDA error: out of memory", "HIP out of 
 # that they failed ("Engine core initialization failed. See root cause above. ...").
 CAUSE_IN_ANOTHER_PROCESS = ("See root cause above", "See stack trace for root cause",
                             "See stack trace (above) for the root cause")
+# A model that needs one of vLLM's plugins that did not load (startup/plugins.py decides which load):
+# QUANTIZATION, LOAD_FORMAT, and for GGUF a .gguf file read as a Hugging Face folder.
+BITSANDBYTES_NOT_LOADED = ("Unknown quantization method: bitsandbytes", "Load format `bitsandbytes` is not supported")
+GGUF_NOT_LOADED = ("Unknown quantization method: gguf", "Load format `gguf` is not supported",
+                   ".gguf' is not a valid JSON file")
 
 
 def startup_hint(exc: BaseException) -> str | None:
@@ -143,10 +148,14 @@ def _hint_by_message(message: str) -> str | None:
         return _OOM_HINT
     if "No space left on device" in message:
         return _DISK_FULL_HINT
-    if "Unknown quantization method: bitsandbytes" in message:
+    if any(s in message for s in BITSANDBYTES_NOT_LOADED):
         return ("set QUANTIZATION=bitsandbytes (the worker loads vLLM's bitsandbytes plugin only when QUANTIZATION, "
                 "LOAD_FORMAT or a local model's config.json names it), and where VLLM_PLUGINS is set, list "
                 "bitsandbytes in it")
+    if any(s in message for s in GGUF_NOT_LOADED):
+        return ("where VLLM_PLUGINS is set, list gguf in it (the worker loads vLLM's GGUF plugin only when "
+                "QUANTIZATION or LOAD_FORMAT is gguf or MODEL_NAME names a GGUF file: a path or Hub file ending in "
+                ".gguf, or repo_id:quant_type)")
     if "is not a valid git identifier" in message:  # transformers' words for RevisionNotFoundError
         return "pin MODEL_REVISION to a branch, tag or commit that exists in the model's repo"
     if any(s in message for s in CAUSE_IN_ANOTHER_PROCESS):

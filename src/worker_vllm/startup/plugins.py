@@ -1,17 +1,24 @@
-"""Which vLLM plugins load: vLLM 0.32 moved bitsandbytes out of its core into vllm-bnb-plugin,
+"""Which vLLM plugins load: vLLM 0.32 moved bitsandbytes and GGUF out of its core into plugins,
 which the image installs, and vLLM loads every installed plugin in each of its processes.
 
-Registering that plugin imports vLLM's model loaders up front: 0.6 to 1.2 s of a start on CPU.
-So it loads only for a model that uses it (QUANTIZATION or LOAD_FORMAT bitsandbytes, or a local
-model whose config.json was quantized with it); VLLM_PLUGINS, where set, decides instead.
+Registering one imports vLLM's model loaders up front, and the GGUF plugin its kernels: 0.6 to
+1.2 s of a start on CPU for bitsandbytes, 0.8 to 1.7 s for GGUF. So each loads only for a model
+that uses it; VLLM_PLUGINS, where set, decides instead.
 """
 
 import json
+import re
 from collections.abc import Collection, Mapping
 from importlib import metadata
 from pathlib import Path
 
+from worker_vllm import config
+
 BITSANDBYTES = "bitsandbytes"  # vllm-bnb-plugin's entry point name
+GGUF = "gguf"  # vllm-gguf-plugin's
+# repo_id:quant_type (unsloth/Qwen3-8B-GGUF:Q4_K_M), as the GGUF plugin's gguf_utils.is_remote_gguf
+# matches it; a Hub repo id has no ":", so nothing else answers to such a name.
+HUB_GGUF = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*/[a-zA-Z0-9][a-zA-Z0-9._-]*:[A-Za-z0-9_+-]+")
 
 
 def installed() -> set[str]:
@@ -21,17 +28,37 @@ def installed() -> set[str]:
 
 
 def vllm_env(env: Mapping[str, str], plugins: Collection[str]) -> dict[str, str]:
-    """VLLM_PLUGINS without the bitsandbytes plugin, unless the model needs it; {} when it loads."""
-    if BITSANDBYTES not in plugins or "VLLM_PLUGINS" in env or uses_bitsandbytes(env):
+    """VLLM_PLUGINS without the optional plugins the model does not use; {} when every one loads."""
+    optional = {BITSANDBYTES: uses_bitsandbytes, GGUF: uses_gguf}
+    unused = {name for name, uses in optional.items() if name in plugins and not uses(env)}
+    if not unused or "VLLM_PLUGINS" in env:
         return {}
-    return {"VLLM_PLUGINS": ",".join(sorted(set(plugins) - {BITSANDBYTES}))}
+    return {"VLLM_PLUGINS": ",".join(sorted(set(plugins) - unused))}
 
 
 def uses_bitsandbytes(env: Mapping[str, str]) -> bool:
     if BITSANDBYTES in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower()):
         return True
     try:  # a local model: a path, the baked model or the volume's cached snapshot
-        quantization = json.loads((Path(env.get("MODEL_NAME", "")) / "config.json").read_text())["quantization_config"]
+        config_file = Path(config.model_name(env) or "") / "config.json"
+        quantization = json.loads(config_file.read_text())["quantization_config"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return isinstance(quantization, dict) and quantization.get("quant_method") == BITSANDBYTES
+
+
+def uses_gguf(env: Mapping[str, str]) -> bool:
+    """GGUF named, or a model the plugin takes for GGUF: a name ending in .gguf (a file, or
+    repo_id/file.gguf on the Hub), repo_id:quant_type, local_dir:quant_type, or a file that starts
+    with GGUF's magic bytes."""
+    if GGUF in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower()):
+        return True
+    model = config.model_name(env) or ""
+    folder, colon, _ = model.rpartition(":")
+    if model.endswith(".gguf") or HUB_GGUF.fullmatch(model) or (colon and Path(folder).is_dir()):
+        return True
+    try:
+        with open(model, "rb") as file:
+            return file.read(4) == b"GGUF"
+    except OSError:  # a folder, a Hub repo id
+        return False
