@@ -17,6 +17,9 @@ HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 HUB_ENV = {item["key"]: item["input"] for item in HUB["config"]["env"]}
 # Read outside config.py: by huggingface_hub, the logging set-up and the runpod SDK.
 READ_ELSEWHERE = {"HF_TOKEN", "LOG_LEVEL", "RUNPOD_LOG_LEVEL", "BAKED_MODEL_MANIFEST"}
+# The values Runpod's API takes for allowedCudaVersions: a host's CUDA version is the newest its
+# driver supports. Add new ones as Runpod lists them.
+RUNPOD_CUDA_VERSIONS = ["11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0"]
 
 
 def test_every_copy_source_exists():
@@ -96,7 +99,15 @@ def test_the_readme_says_what_the_image_installs():
     # vllm==0.32.0's CUDA wheel requires fastsafetensors and instanttensor: the README must not deny them.
     assert "vllm==0.32.0" in requirements and "does not ship them" not in readme
     assert "requires `fastsafetensors` and `instanttensor`" in readme
-    # The bitsandbytes plugin and library, at the versions the image installs.
-    for package in ("vllm-bnb-plugin", "bitsandbytes"):
+    # The bitsandbytes and GGUF plugins and their libraries, at the versions the image installs.
+    for package in ("vllm-bnb-plugin", "bitsandbytes", "vllm-gguf-plugin", "gguf"):
         version = re.search(rf"^{package}==(\S+)$", requirements, re.M)
         assert version and f"`{package}` {version.group(1)}" in readme, package
+
+
+def test_the_hub_allows_every_cuda_version_the_base_image_runs_on():
+    """A host runs the image when its driver supports the base image's CUDA or newer."""
+    major, minor = re.search(r"^FROM nvidia/cuda:(\d+)\.(\d+)\.", (ROOT / "Dockerfile").read_text(), re.M).groups()
+    runs_on = [v for v in RUNPOD_CUDA_VERSIONS if tuple(map(int, v.split("."))) >= (int(major), int(minor))]
+    assert HUB["config"]["allowedCudaVersions"] == runs_on
+    assert f"built on CUDA {major}.{minor}" in (ROOT / "README.md").read_text()
