@@ -157,11 +157,12 @@ def main():
     results = {name: os.environ.get(name) for name in ("VLLM_USE_FLASHINFER_SAMPLER", "FAST_BOOT", "LOAD_FORMAT",
                                                        "KV_CACHE_MEMORY_BYTES", "VLLM_ENABLE_STARTUP_PLAN",
                                                        "PREFETCH_WEIGHTS")}
-    for run in args.runs:  # the first run fills the caches the next ones find
+    for number, run in enumerate(args.runs, 1):  # the first run fills the caches the next ones find
         if args.evict_weights:
             evict(args.model)
-        results[run] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{run}.log", args.worker)
-        print(run, json.dumps(results[run]), flush=True)
+        name = run if args.runs.count(run) == 1 else f"{run}_{number}"  # a repeated run keeps each start
+        results[name] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{name}.log", args.worker)
+        print(name, json.dumps(results[name]), flush=True)
         (args.out / f"cold_start_{args.label}.json").write_text(json.dumps(results, indent=2))
 
 
