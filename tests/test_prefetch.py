@@ -65,3 +65,10 @@ def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
     assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
     assert prefetch.start({}) is None
 
+
+
+def test_a_model_in_one_file_is_read_too(tmp_path):
+    gguf = write(tmp_path / "chat-7b-Q4_K_M.gguf", 100)
+    reading = prefetch.start({"MODEL_NAME": str(gguf)})
+    reading._thread.join(30)
+    assert reading.files == [gguf] and reading.bytes_read == 100

@@ -2,8 +2,9 @@
 
 Importing vLLM takes 10-30 s of CPU and leaves the disk idle, and the engine's process then spends
 seconds on CUDA before its loader reads a byte. Meanwhile a thread reads the weights that are
-already on this machine (a local folder, a baked model, or a Hub model in the volume's cache), so
-that vLLM's loader finds them in the page cache. The worker stops it once the engine is up.
+already on this machine (a local folder or GGUF file, a baked model, or a Hub model in the
+volume's cache), so that vLLM's loader finds them in the page cache. The worker stops it once the
+engine is up.
 
 The thread may run while vLLM forks its engine process: it holds no lock there, only a file that
 it reads with no buffer (the child gets the open descriptor and never uses it).
@@ -79,6 +80,9 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
     model = config.model_name(env)
     if not model or env.get("LOAD_FORMAT", "auto") == "dummy":
         return None
-    folder = local_folder(model, env.get("MODEL_REVISION") or None)
-    files = weight_files(folder) if folder else []
+    if Path(model).is_file():  # a model in one file: a local GGUF
+        files = [Path(model)]
+    else:
+        folder = local_folder(model, env.get("MODEL_REVISION") or None)
+        files = weight_files(folder) if folder else []
     return Prefetch(files, psutil.virtual_memory().available // 2) if files else None
