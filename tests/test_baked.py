@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from helpers import ROOT, local_env, run_test_input
-from worker_vllm.startup import baked, tiny_model
+from worker_vllm.startup import baked, plugins, tiny_model
 
 REPO, SHA = "acme/tiny-chat", "0123456789abcdef0123456789abcdef01234567"
 
@@ -59,6 +59,19 @@ class FakeHub:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+def bake(tmp, files: dict[str, bytes], model: str) -> list[str]:
+    """builder/download_model.py against a FakeHub holding `files`, into tmp/models; the files served."""
+    hub = FakeHub(files)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {
+        "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_bakedSecret0042"}
+    proc = subprocess.run([sys.executable, str(ROOT / "builder" / "download_model.py"), "--model", model,
+                           "--dest", str(tmp / "models")], env=env, capture_output=True, text=True, timeout=120)
+    hub.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hf_bakedSecret0042" not in proc.stdout + proc.stderr
+    return hub.served
+
+
 @pytest.fixture(scope="module")
 def baked_models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("baked")
@@ -66,15 +79,7 @@ def baked_models(tmp_path_factory):
     files = {f.name: f.read_bytes() for f in model.iterdir()}
     # What a careless download also takes: duplicate checkpoints in other formats.
     files |= {"pytorch_model.bin": b"duplicate", "original/consolidated.pth": b"duplicate"}
-    hub = FakeHub(files)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")} | {
-        "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf-home"), "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "hf_bakedSecret0042"}
-    proc = subprocess.run([sys.executable, str(ROOT / "builder" / "download_model.py"), "--model", REPO,
-                           "--dest", str(tmp / "models")], env=env, capture_output=True, text=True, timeout=120)
-    hub.close()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "hf_bakedSecret0042" not in proc.stdout + proc.stderr
-    return tmp / "models", hub.served
+    return tmp / "models", bake(tmp, files, REPO)
 
 
 def test_downloads_only_what_vllm_loads(baked_models):
@@ -101,6 +106,22 @@ def test_manifest_sets_the_local_path_and_the_repo_id(baked_models):
         "OPENAI_SERVED_MODEL_NAME_OVERRIDE"] == "mine"
     other = {"BAKED_MODEL_MANIFEST": manifest, "MODEL_NAME": "org/other"}
     assert baked.apply(other) == other
+
+
+@pytest.mark.parametrize("model, served", [
+    (f"{REPO}-GGUF:Q8_0", ["tiny-chat-Q8_0.gguf"]),
+    (f"{REPO}-GGUF:Q4_K_M", ["Q4_K_M/tiny-chat-Q4_K_M-00001-of-00002.gguf", "Q4_K_M/tiny-chat-Q4_K_M-00002-of-00002.gguf"]),
+    (f"{REPO}-GGUF/tiny-chat-Q8_0.gguf", ["tiny-chat-Q8_0.gguf"]),
+])
+def test_a_gguf_model_bakes_only_its_files_and_is_served_as_gguf(tmp_path, model, served):
+    files = {"tiny-chat-Q8_0.gguf": b"GGUF8", "README.md": b"#", "tiny-chat-Q2_K.gguf": b"GGUF2",
+             "Q4_K_M/tiny-chat-Q4_K_M-00001-of-00002.gguf": b"GGUF4", "Q4_K_M/tiny-chat-Q4_K_M-00002-of-00002.gguf": b"GGUF4"}
+    assert sorted(bake(tmp_path, files, model)) == served
+    path = f"{REPO}-GGUF/{served[0]}"  # the file itself, or the first shard, as the GGUF plugin picks
+    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
+    assert manifest["model"] == model and manifest["path"] == str(tmp_path / "models" / path)
+    env = baked.apply({"BAKED_MODEL_MANIFEST": str(tmp_path / "models" / "manifest.json")})
+    assert plugins.uses_gguf(env) and env["OPENAI_SERVED_MODEL_NAME_OVERRIDE"] == model
 
 
 @pytest.mark.process
