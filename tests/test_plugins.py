@@ -66,6 +66,7 @@ def test_gguf_by_a_local_folder_and_type_or_by_the_files_first_bytes(tmp_path):
     assert plugins.uses_gguf({"MODEL_NAME": str(tmp_path / "model.bin")})
     assert not plugins.uses_gguf({"MODEL_NAME": str(tmp_path)})  # a Hugging Face folder
     assert not plugins.uses_gguf({"MODEL_NAME": str(tmp_path / "config.json")})
+    assert not plugins.uses_gguf({"MODEL_NAME": "a" * 5000 + ":Q8_0"})  # no path can have that name
 
 
 def test_the_worker_takes_for_gguf_what_the_plugin_does(tmp_path):

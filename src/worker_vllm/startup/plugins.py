@@ -54,11 +54,13 @@ def uses_gguf(env: Mapping[str, str]) -> bool:
     if GGUF in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower()):
         return True
     model = config.model_name(env) or ""
-    folder, colon, _ = model.rpartition(":")
-    if model.endswith(".gguf") or HUB_GGUF.fullmatch(model) or (colon and Path(folder).is_dir()):
+    if model.endswith(".gguf") or HUB_GGUF.fullmatch(model):
         return True
+    folder, colon, _ = model.rpartition(":")
     try:
+        if colon and Path(folder).is_dir():
+            return True
         with open(model, "rb") as file:
             return file.read(4) == b"GGUF"
-    except OSError:  # a folder, a Hub repo id
+    except OSError:  # a folder, a Hub repo id, a name no path can have
         return False

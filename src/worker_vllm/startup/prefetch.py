@@ -80,9 +80,12 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
     model = config.model_name(env)
     if not model or env.get("LOAD_FORMAT", "auto") == "dummy":
         return None
-    if Path(model).is_file():  # a model in one file: a local GGUF
-        files = [Path(model)]
-    else:
-        folder = local_folder(model, env.get("MODEL_REVISION") or None)
-        files = weight_files(folder) if folder else []
+    try:
+        if Path(model).is_file():  # a model in one file: a local GGUF
+            files = [Path(model)]
+        else:
+            folder = local_folder(model, env.get("MODEL_REVISION") or None)
+            files = weight_files(folder) if folder else []
+    except OSError:  # a name no path can have (too long): vLLM's own check will say so
+        return None
     return Prefetch(files, psutil.virtual_memory().available // 2) if files else None
