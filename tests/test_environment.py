@@ -70,3 +70,13 @@ def test_a_baked_model_is_filled_in(model, tmp_path):
     assert "MODEL_NAME" not in environ  # read from the manifest by each reader of startup.env, not written
     assert startup.prefetching is not None
     startup.engine_started()
+
+
+@pytest.mark.parametrize("name", ["a" * 5000, "x" * 300 + "/y", "x" * 300 + "/y.gguf", "x" * 300 + ":Q8_0"])
+def test_a_model_name_no_path_can_have_is_left_to_vllms_check(name):
+    # Too long for a file name: each probe of the disk takes it for no local model, and vLLM's own
+    # check of the name then fails the start in one line (not a traceback from here).
+    startup = prepared({"MODEL_NAME": name})
+    assert startup.prefetching is None and startup.env["MODEL_NAME"] == name
+    if startup.downloading:  # a Hub repo id's shape: its download would be watched
+        startup.downloading.stop()

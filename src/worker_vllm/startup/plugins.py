@@ -7,6 +7,7 @@ that uses it; VLLM_PLUGINS, where set, decides instead.
 """
 
 import json
+import os
 import re
 from collections.abc import Collection, Mapping
 from importlib import metadata
@@ -57,9 +58,9 @@ def uses_gguf(env: Mapping[str, str]) -> bool:
     if model.endswith(".gguf") or HUB_GGUF.fullmatch(model):
         return True
     folder, colon, _ = model.rpartition(":")
+    if colon and os.path.isdir(folder):
+        return True
     try:
-        if colon and Path(folder).is_dir():
-            return True
         with open(model, "rb") as file:
             return file.read(4) == b"GGUF"
     except OSError:  # a folder, a Hub repo id, a name no path can have

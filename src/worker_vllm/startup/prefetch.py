@@ -11,6 +11,7 @@ it reads with no buffer (the child gets the open descriptor and never uses it).
 """
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 def local_folder(model: str, revision: str | None = None, cache_dir: str | None = None) -> Path | None:
     """The model's folder on this machine: the path itself, or its snapshot in the Hub cache."""
-    if Path(model).is_dir():
+    if os.path.isdir(model):  # False, not an error, for a name no path can have (too long)
         return Path(model)
     from huggingface_hub import try_to_load_from_cache
 
@@ -80,12 +81,9 @@ def start(env: Mapping[str, str]) -> Prefetch | None:
     model = config.model_name(env)
     if not model or env.get("LOAD_FORMAT", "auto") == "dummy":
         return None
-    try:
-        if Path(model).is_file():  # a model in one file: a local GGUF
-            files = [Path(model)]
-        else:
-            folder = local_folder(model, env.get("MODEL_REVISION") or None)
-            files = weight_files(folder) if folder else []
-    except OSError:  # a name no path can have (too long): vLLM's own check will say so
-        return None
+    if os.path.isfile(model):  # a model in one file: a local GGUF
+        files = [Path(model)]
+    else:
+        folder = local_folder(model, env.get("MODEL_REVISION") or None)
+        files = weight_files(folder) if folder else []
     return Prefetch(files, psutil.virtual_memory().available // 2) if files else None
