@@ -12,7 +12,11 @@
 #   image [--default] [--dummy] [--warm] [--compare DIR]  the image's Python: FAST_BOOT empty start, then 2 warm
 #                             ones, 15 GiB of real weights out of the page cache (the cold-start targets)
 #   fastboot_cost [BENCH_ARGS]  (a) with the default settings, then with FAST_BOOT=true, on one machine
-#   quant [QUANT_CHECK_ARGS]  one job per quantization (bitsandbytes, fp8, awq, gptq) on a 1B model made here
+#   quant [QUANT_CHECK_ARGS]  one job per quantization (bitsandbytes, fp8, awq, gptq, gguf) on a 1B model made here;
+#                             the image's plugins travel as wheels in .whl/quant/ (the staged vLLM has none):
+#                             grep -E '^(vllm-bnb-plugin|bitsandbytes|vllm-gguf-plugin|gguf)==' requirements.txt |
+#                             xargs pip download -d .whl/quant --no-deps --only-binary :all: --python-version 3.12
+#                             --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform any
 #   kernels                   what the starts so far left in the volume's kernel caches: the Triton kernels in build
 #                             order (bench/triton_kernels.py), and each cache's size
 #
@@ -147,7 +151,16 @@ case "$part" in
     need_vllm
     throughput default_a --modes a "$@"
     FAST_BOOT=true throughput fast_boot_a --modes a "$@" ;;
-  quant) need_vllm; python3 bench/quant_check.py --out "$OUT" "$@" ;;
+  quant)
+    need_vllm
+    if compgen -G ".whl/quant/*.whl" > /dev/null; then
+      python3 -m pip install -q --no-deps --no-index --target /tmp/quant-site .whl/quant/*.whl ||
+        die "installing .whl/quant/*.whl failed"
+      export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/quant-site"
+    else
+      echo "gpu_run.sh: no wheels in .whl/quant/: bitsandbytes and gguf will fail for want of their plugins" >&2
+    fi
+    python3 bench/quant_check.py --out "$OUT" "$@" ;;
   kernels)
     mkdir -p "$OUT"
     du -sh "$VOLUME"/cache/*/*/*/* 2> /dev/null | tee "$OUT/kernel_caches.txt"
