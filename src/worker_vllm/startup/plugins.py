@@ -30,15 +30,22 @@ def installed() -> set[str]:
 
 def vllm_env(env: Mapping[str, str], plugins: Collection[str]) -> dict[str, str]:
     """VLLM_PLUGINS without the optional plugins the model does not use; {} when every one loads."""
+    if "VLLM_PLUGINS" in env:  # the user's list decides: no model files to read
+        return {}
     optional = {BITSANDBYTES: uses_bitsandbytes, GGUF: uses_gguf}
     unused = {name for name, uses in optional.items() if name in plugins and not uses(env)}
-    if not unused or "VLLM_PLUGINS" in env:
+    if not unused:
         return {}
     return {"VLLM_PLUGINS": ",".join(sorted(set(plugins) - unused))}
 
 
+def named(env: Mapping[str, str], plugin: str) -> bool:
+    """Whether QUANTIZATION or LOAD_FORMAT asks for the plugin's method (each plugin's is its name)."""
+    return plugin in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower())
+
+
 def uses_bitsandbytes(env: Mapping[str, str]) -> bool:
-    if BITSANDBYTES in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower()):
+    if named(env, BITSANDBYTES):
         return True
     try:  # a local model: a path, the baked model or the volume's cached snapshot
         config_file = Path(config.model_name(env) or "") / "config.json"
@@ -52,7 +59,7 @@ def uses_gguf(env: Mapping[str, str]) -> bool:
     """GGUF named, or a model the plugin takes for GGUF: a name ending in .gguf (a file, or
     repo_id/file.gguf on the Hub), repo_id:quant_type, local_dir:quant_type, or a file that starts
     with GGUF's magic bytes."""
-    if GGUF in (env.get("QUANTIZATION", "").lower(), env.get("LOAD_FORMAT", "").lower()):
+    if named(env, GGUF):
         return True
     model = config.model_name(env) or ""
     if model.endswith(".gguf") or HUB_GGUF.fullmatch(model):
