@@ -27,9 +27,13 @@ COPY src /src
 COPY builder /builder
 # The same script CI runs on the source tree: byte-compiles it and checks that it imports. Then
 # vLLM's model-info cache, in its default place: a start with no network volume does not inspect
-# the model's class in a second Python process (13-33 s).
+# the model's class in a second Python process (13-33 s). Then the Triton kernels a start of vLLM
+# builds, compiled here for each GPU architecture Runpod rents (no GPU needed; about 35 s on 6
+# cores, 32 MiB) into Triton's default cache: an empty start finds them instead of building them
+# (20 s less to the first token on an H200).
 RUN bash /builder/check_source.sh /src \
-    && python3 /builder/model_infos.py
+    && python3 /builder/model_infos.py \
+    && python3 /builder/triton_cache.py
 
 WORKDIR /
 CMD ["python3", "/src/handler.py"]

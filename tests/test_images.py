@@ -30,9 +30,9 @@ def test_every_copy_source_exists():
 
 
 def test_the_dockerfile_runs_the_scripts_ci_runs():
-    # tests/test_model_infos.py runs the second one.
-    assert "RUN bash /builder/check_source.sh /src \\\n    && python3 /builder/model_infos.py\n" in \
-        (ROOT / "Dockerfile").read_text()
+    # tests/test_model_infos.py runs the second one, tests/test_triton_kernels.py the third.
+    assert ("RUN bash /builder/check_source.sh /src \\\n    && python3 /builder/model_infos.py \\\n"
+            "    && python3 /builder/triton_cache.py\n") in (ROOT / "Dockerfile").read_text()
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(ROOT / "builder" / "check_source.sh"), str(ROOT / "src")],
                           capture_output=True, text=True, env=env, timeout=300)
