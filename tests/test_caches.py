@@ -1,5 +1,7 @@
 """Caches go on the network volume when one is mounted, keyed by model, vLLM version and GPU."""
 
+import json
+
 from worker_vllm.startup import caches
 
 
@@ -49,15 +51,48 @@ def test_the_image_s_model_infos_seed_a_new_cache_root(tmp_path):
     image.mkdir(parents=True)
     (image / "m-Llama.json").write_text('{"hash": "h"}')
     env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "VLLM_CACHE_ROOT": str(tmp_path / "volume" / "vllm")}
-    caches.seed_model_infos(env)
+    caches.seed(env)
     assert (tmp_path / "volume" / "vllm" / "modelinfos" / "m-Llama.json").read_text() == '{"hash": "h"}'
 
     (image / "m-Qwen.json").write_text("{}")  # a root that has model infos keeps its own
-    caches.seed_model_infos(env)
+    caches.seed(env)
     assert not (tmp_path / "volume" / "vllm" / "modelinfos" / "m-Qwen.json").exists()
 
 
 def test_no_seeding_without_a_cache_root_or_image_infos(tmp_path):
-    caches.seed_model_infos({"XDG_CACHE_HOME": str(tmp_path)})
-    caches.seed_model_infos({"XDG_CACHE_HOME": str(tmp_path / "none"), "VLLM_CACHE_ROOT": str(tmp_path / "v")})
+    caches.seed({"XDG_CACHE_HOME": str(tmp_path)})
+    caches.seed({"XDG_CACHE_HOME": str(tmp_path / "none"), "VLLM_CACHE_ROOT": str(tmp_path / "v")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_image_s_triton_kernels_for_this_gpu_seed_a_new_kernel_cache(tmp_path):
+    shipped = tmp_path / "home" / ".triton" / "cache"
+    for entry, arch in (("SM90", 90), ("SM80", 80)):
+        (shipped / entry).mkdir(parents=True)
+        (shipped / entry / "_topk_topp_kernel.json").write_text(json.dumps({"target": {"backend": "cuda", "arch": arch}}))
+        (shipped / entry / "__grp___topk_topp_kernel.json").write_text("{}")
+        (shipped / entry / "_topk_topp_kernel.cubin").write_bytes(b"\x7fELF")
+    (shipped / "HELPER").mkdir()  # a compiled module, for every architecture
+    (shipped / "HELPER" / "cuda_utils.so").write_bytes(b"\x7fELF")
+    env = {"TRITON_HOME": str(tmp_path / "home"), "TRITON_CACHE_DIR": str(tmp_path / "volume" / "triton")}
+    caches.seed(env, gpu_arch=lambda: 90)
+    assert sorted(path.name for path in (tmp_path / "volume" / "triton").iterdir()) == ["HELPER", "SM90"]
+    assert (tmp_path / "volume" / "triton" / "SM90" / "_topk_topp_kernel.cubin").read_bytes() == b"\x7fELF"
+
+    (shipped / "NEW").mkdir()  # a cache that exists is the volume's own: left as it is
+    caches.seed(env, gpu_arch=lambda: 90)
+    assert not (tmp_path / "volume" / "triton" / "NEW").exists()
+
+    caches.seed(env | {"TRITON_CACHE_DIR": str(tmp_path / "unknown-gpu")})  # all of it when the GPU is not known
+    assert len(list((tmp_path / "unknown-gpu").iterdir())) == 4
+
+
+def test_the_gpu_architecture_comes_from_nvidia_smi(tmp_path, monkeypatch):
+    smi = tmp_path / "nvidia-smi"
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert caches.gpu_arch() is None  # no nvidia-smi
+    smi.write_text("#!/bin/sh\necho 12.0\necho 12.0\n")
+    smi.chmod(0o755)
+    assert caches.gpu_arch() == 120
+    smi.write_text("#!/bin/sh\necho 'No devices were found'\n")
+    assert caches.gpu_arch() is None

@@ -6,11 +6,13 @@ Compiled kernels only fit the model, vLLM and GPU they were built for, so their 
 by all three: cache/<model>/vllm-<version>/<gpu>/.
 """
 
+import json
 import logging
 import re
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -61,21 +63,44 @@ def describe(places: Mapping[str, str], volume: Path) -> str:
     return f"caches: kernel caches on the container disk (vLLM's defaults): {volume} {reason}"
 
 
-def seed_model_infos(env: Mapping[str, str]) -> None:
-    """Copy the image's model-info cache (builder/model_infos.py wrote it in vLLM's default cache
-    root) to the VLLM_CACHE_ROOT that `env` names, if that one has none yet: a new network volume's
-    first start then does not inspect the model's class in a second Python process either.
+def seed(env: Mapping[str, str], gpu_arch: Callable[[], int | None] = lambda: None) -> None:
+    """Copy what the image carries in its tools' default caches to the places `env` names, each
+    when its place has none yet, so a new network volume's first start finds it too:
+    - vLLM's model-info cache (builder/model_infos.py): no inspection of the model's class in a
+      second Python process. vLLM checks each entry against its model's source hash.
+    - the Triton kernels builder/triton_cache.py compiled, those for this GPU's architecture
+      (`gpu_arch()`, 90 for sm_90; all when unknown): no half minute of building them at start."""
+    home = Path.home()
+    if env.get("VLLM_CACHE_ROOT"):
+        image = Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "vllm" / "modelinfos"  # vLLM's default
+        copy_new(image, Path(env["VLLM_CACHE_ROOT"]) / "modelinfos")
+    if env.get("TRITON_CACHE_DIR") and not Path(env["TRITON_CACHE_DIR"]).exists():
+        image = Path(env.get("TRITON_HOME") or home) / ".triton" / "cache"  # Triton's default
+        arch = gpu_arch()
 
-    vLLM checks each entry against the hash of its model's source, so a stale one is inspected again."""
-    if not env.get("VLLM_CACHE_ROOT"):
-        return
-    image = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vllm" / "modelinfos"  # vLLM's default
-    target = Path(env["VLLM_CACHE_ROOT"]) / "modelinfos"
-    if image.is_dir() and not target.exists():
+        def for_other_gpus(folder: str, names: list[str]) -> list[str]:
+            return [name for name in names if Path(folder) == image and built_for(image / name) not in (None, arch)]
+
+        copy_new(image, Path(env["TRITON_CACHE_DIR"]), None if arch is None else for_other_gpus)
+
+
+def copy_new(image: Path, target: Path, ignore: Callable[[str, list[str]], list[str]] | None = None) -> None:
+    if image.is_dir() and not target.exists() and image.resolve() != target.resolve():
         try:
-            shutil.copytree(image, target, dirs_exist_ok=True)  # another worker may be copying too
-        except OSError as e:  # vLLM then inspects the class, as without the copy
-            log.warning("vLLM's model-info cache not copied to %s: %s", target, e)
+            shutil.copytree(image, target, ignore=ignore, dirs_exist_ok=True)  # another worker may be copying too
+        except OSError as e:  # the start then builds what it lacks, as without the copy
+            log.warning("the image's cache not copied to %s: %s", target, e)
+
+
+def built_for(entry: Path) -> int | None:
+    """The GPU architecture of one Triton cache entry (None: no kernel in it, e.g. a compiled helper)."""
+    for kernel in entry.glob("*.json"):
+        if not kernel.name.startswith("__grp__"):
+            try:
+                return int(json.loads(kernel.read_text())["target"]["arch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
 
 
 def cache_key(model: str, vllm: str, gpu: str) -> Path:
@@ -92,6 +117,17 @@ def vllm_version() -> str:
         except metadata.PackageNotFoundError:
             pass
     return "unknown"
+
+
+def gpu_arch() -> int | None:
+    """The first GPU's compute capability as Triton names architectures (90 for 9.0), asked of
+    nvidia-smi so that CUDA does not start in this process; None without one."""
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=10).stdout.split()
+        return round(float(found[0]) * 10) if found else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def gpu_name() -> str:

@@ -66,7 +66,7 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
     }
     environ.update(additions)
     env |= additions
-    caches.seed_model_infos(env)
+    caches.seed(env, caches.gpu_arch)
     reading = prefetch.start(env) if own and own.prefetch_weights else None
     return Startup(env, Path(phases_file), caches.describe(places, volume), reading,
                    cpu_probe.start() if probe_cpu else None, None if reading else download.start(env))
