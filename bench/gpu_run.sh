@@ -19,6 +19,12 @@
 #                             --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform any
 #   kernels                   what the starts so far left in the volume's kernel caches: the Triton kernels in build
 #                             order (bench/triton_kernels.py), and each cache's size
+#   triton_record             the image's Python, FAST_BOOT, real weights: an empty start that records the Triton
+#                             kernels it compiles (RECORD_TRITON_KERNELS), then builder/triton_cache.py compiles
+#                             them for every architecture into Triton's default cache, as the image build does
+#   triton_compare [ROUNDS]   empty starts alternating with that cache, with it and the gcc-built launchers Triton < 3.7
+#                             builds per kernel (3.7 on, the image's, has none), and with neither (ROUNDS each, 2 by
+#                             default); what each start still built; then one warm start
 #
 # image's options: --default  the default settings instead of FAST_BOOT; --dummy  dummy weights (no 15 GiB on disk);
 #   --warm  no empty start: warm starts from the caches an earlier `image` left on this machine;
@@ -99,6 +105,13 @@ tests() {
   return "$status"
 }
 
+image_env() {  # the image's Python, with the model-info cache the Dockerfile builds
+  [ -x "$IMAGE/venv/bin/python" ] || python3 bench/image_env.py "$IMAGE" > "$OUT/image_env.txt" ||
+    die "bench/image_env.py failed (see $OUT/image_env.txt)"
+  in_image python3 builder/model_infos.py LlamaForCausalLM ||  # as the Dockerfile does, in vLLM's default cache root
+    die "builder/model_infos.py failed in the image's Python"
+}
+
 image() {
   local settings=fast_boot weights=real empty=true compare="" label
   while [ $# -gt 0 ]; do
@@ -116,11 +129,8 @@ image() {
     [ -x "$IMAGE/venv/bin/python" ] && [ -n "$(ls -A "$VOLUME/cache" 2> /dev/null)" ] ||
       die "image --warm starts from the caches of an earlier \`image\` on this machine: run \`image\` first"
   fi
-  [ -x "$IMAGE/venv/bin/python" ] || python3 bench/image_env.py "$IMAGE" > "$OUT/image_env.txt" ||
-    die "bench/image_env.py failed (see $OUT/image_env.txt)"
+  image_env
   [ "$settings" = default ] || export FAST_BOOT=true
-  in_image python3 builder/model_infos.py LlamaForCausalLM ||  # as the Dockerfile does, in vLLM's default cache root
-    die "builder/model_infos.py failed in the image's Python"
   local evict=()
   if [ "$weights" = real ]; then
     weights
@@ -137,6 +147,56 @@ image() {
   done
 }
 
+SHIPPED="$HOME/.triton/cache"  # Triton's default cache: where builder/triton_cache.py puts the image's kernels
+RECORDED=/tmp/triton_kernels.jsonl  # what triton_record's start compiled, for triton_compare in a later call
+LAUNCHERS=/tmp/triton-launchers  # the C launchers Triton < 3.7 builds with gcc for each kernel (3.7 on has one for all)
+built_at_start() {  # LABEL: what the last start built that the image's cache did not have: kernels, and launchers
+  python3 - "$SHIPPED" "$VOLUME"/cache/*/*/*/triton > "$OUT/$1.built.txt" << 'EOF'
+import collections, pathlib, sys
+shipped = {path.name for path in pathlib.Path(sys.argv[1]).glob("*")}
+new = [folder for root in sys.argv[2:] for folder in pathlib.Path(root).glob("*") if folder.name not in shipped]
+built = collections.Counter(path.stem for folder in new for path in folder.glob("*.json") if not path.name.startswith("__grp__"))
+built.update(path.name for folder in new for path in folder.glob("*.so"))
+for name, count in built.most_common():
+    print(count, name)
+EOF
+  echo "$1: built at start: $(awk '!/\.so$/ { n += $1 } END { print n + 0 }' "$OUT/$1.built.txt") Triton kernels," \
+    "$(awk '/\.so$/ { n += $1 } END { print n + 0 }' "$OUT/$1.built.txt") gcc-built modules"
+}
+
+triton_record() {
+  image_env; weights
+  export FAST_BOOT=true LOAD_FORMAT=auto
+  rm -rf "$SHIPPED" "$RECORDED" "$LAUNCHERS"
+  RECORD_TRITON_KERNELS=$RECORDED in_image cold --label triton_record --runs empty --evict-weights
+  cp "$RECORDED" "$OUT/triton_kernels.jsonl" || die "the start recorded no Triton kernel"
+  built_at_start triton_record
+  mkdir -p "$LAUNCHERS"  # this Triton's per-kernel launchers, for triton_compare's "launchers" starts
+  for so in "$VOLUME"/cache/*/*/*/triton/*/__triton_launcher*.so; do [ -f "$so" ] && cp -r "$(dirname "$so")" "$LAUNCHERS/"; done
+  local began=$SECONDS
+  in_image python3 builder/triton_cache.py --kernels "$RECORDED" | tee "$OUT/triton_cache.txt"
+  echo "triton_cache: $((SECONDS - began)) s in all; $(du -sh "$SHIPPED" | cut -f1) in $SHIPPED" | tee -a "$OUT/triton_cache.txt"
+}
+
+triton_compare() {  # ROUNDS of: the image's kernels; those and this Triton's launchers (as Triton >= 3.7 starts); none
+  local rounds=${1:-2} round
+  [ -d "$SHIPPED" ] && [ -x "$IMAGE/venv/bin/python" ] || die "triton_compare needs triton_record's cache: run it first"
+  export FAST_BOOT=true LOAD_FORMAT=auto
+  for round in $(seq "$rounds"); do  # alternating, as starts vary by seconds
+    in_image cold --label "triton_shipped_$round" --runs empty --evict-weights
+    built_at_start "triton_shipped_$round"
+    cp -r "$LAUNCHERS"/. "$SHIPPED/"
+    in_image cold --label "triton_launchers_$round" --runs empty --evict-weights
+    built_at_start "triton_launchers_$round"
+    (cd "$LAUNCHERS" && for entry in *; do rm -rf "${SHIPPED:?}/$entry"; done)
+    mv "$SHIPPED" "$SHIPPED.off"
+    in_image cold --label "triton_none_$round" --runs empty --evict-weights
+    built_at_start "triton_none_$round"
+    mv "$SHIPPED.off" "$SHIPPED"
+  done
+  in_image cold --label triton_warm --runs warm --evict-weights
+}
+
 part="${1:-}"
 shift || true
 case "$part" in
@@ -147,6 +207,8 @@ case "$part" in
     label=default; [ "${FAST_BOOT:-}" != true ] || label=fast_boot
     cold --label "$label" "$@" ;;
   image) need_vllm; image "$@" ;;
+  triton_record) need_vllm; triton_record ;;
+  triton_compare) need_vllm; triton_compare "$@" ;;
   fastboot_cost)
     need_vllm
     throughput default_a --modes a "$@"
