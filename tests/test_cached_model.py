@@ -48,10 +48,14 @@ def test_kernel_caches_go_to_the_volume_only_when_it_is_writable(tmp_path):
     assert not caches.writable(read_only) and not caches.writable(tmp_path / "missing")
     places = caches.cache_env({"MODEL_NAME": REPO}, read_only, baked=tmp_path / "no-image")
     assert places == {}
-    assert caches.describe(places, read_only) == (
+    assert caches.describe({}, places, read_only) == (
         f"caches: kernel caches on the container disk (vLLM's defaults): {read_only} is not writable")
     places = caches.cache_env({"MODEL_NAME": REPO}, tmp_path, gpu="NVIDIA H200")
-    assert caches.describe(places, tmp_path).startswith(f"caches: kernel caches in {tmp_path}/cache/Acme-Tiny-Chat/")
+    assert caches.describe(places, places, tmp_path).startswith(
+        f"caches: kernel caches in {tmp_path}/cache/Acme-Tiny-Chat/")
+    # builder/warm_cache.py, or the user, set the places already: the line says so, not "not writable"
+    assert caches.describe({"VLLM_CACHE_ROOT": "/data/vllm"}, {}, read_only) == (
+        "caches: kernel caches where the environment puts them: VLLM_CACHE_ROOT=/data/vllm")
 
 
 def test_prepare_fills_in_the_cached_model_and_reads_it_ahead(tmp_path):

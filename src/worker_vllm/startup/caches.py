@@ -55,10 +55,12 @@ def writable(volume: Path) -> bool:
         return False
 
 
-def describe(places: Mapping[str, str], volume: Path) -> str:
-    """One log line: where the kernel caches go, and why."""
+def describe(env: Mapping[str, str], places: Mapping[str, str], volume: Path) -> str:
+    """One log line: where the kernel caches go (`places`: those the worker chose), and why."""
     if "VLLM_CACHE_ROOT" in places:
         return f"caches: kernel caches in {Path(places['VLLM_CACHE_ROOT']).parent}"
+    if env.get("VLLM_CACHE_ROOT"):
+        return f"caches: kernel caches where the environment puts them: VLLM_CACHE_ROOT={env['VLLM_CACHE_ROOT']}"
     reason = "is not writable" if volume.is_dir() else "is not mounted"
     return f"caches: kernel caches on the container disk (vLLM's defaults): {volume} {reason}"
 

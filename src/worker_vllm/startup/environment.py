@@ -68,5 +68,5 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
     env |= additions
     caches.seed(env, caches.gpu_arch)
     reading = prefetch.start(env) if own and own.prefetch_weights else None
-    return Startup(env, Path(phases_file), caches.describe(places, volume), reading,
+    return Startup(env, Path(phases_file), caches.describe(env, places, volume), reading,
                    cpu_probe.start() if probe_cpu else None, None if reading else download.start(env))
