@@ -68,6 +68,16 @@ def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records
     assert "engine process start" not in phases.engine_phases(phases_file)  # no start time: not named
 
 
+def test_the_gpu_model_runner_s_start_is_timed_too(phases_file, log, monkeypatch):
+    began = time.time()
+    times = iter([began + 1.2, began + 3.3])
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "time", lambda: next(times))
+        log.info("Initializing a V1 LLM engine (v0.32.0) with config: model='m'")
+        log.info("Loading model from scratch...")  # vLLM 0.32's v2 model runner, on a GPU
+    assert phases.engine_phases(phases_file, began)["worker start"] == pytest.approx(2.1)
+
+
 def test_nothing_is_noted_once_the_worker_removed_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv(phases.FILE_ENV, str(tmp_path / "gone"))
     phases.record_engine_phases()

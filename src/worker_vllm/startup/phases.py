@@ -25,12 +25,13 @@ ENGINE_PHASES = [
     ("CUDA graphs", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
     ("engine init", re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")),
 ]
-# The first records of vLLM 0.32's engine process and of its model worker, noted with their time.
-# Before them, each process started Python, imported vLLM and set up its device: seconds that no
-# record names (12 of the engine's 14 s on CPU).
+# The first records of vLLM 0.32's engine process and of its model worker's weight load, noted
+# with their time. Before them, the engine process started Python and imported vLLM, and the model
+# worker set up its device (CUDA, NCCL): seconds that no record names (12 of the engine's 14 s on
+# CPU, about 2 s on an H200). The CPU runner and the GPU's v2 runner say it differently.
 PROCESS_STARTS = [
     ("engine process start", re.compile(r"Initializing a V1 LLM engine")),
-    ("worker start", re.compile(r"Starting to load model")),
+    ("worker start", re.compile(r"Starting to load model|Loading model from scratch")),
 ]
 STARTED = "started"  # a note of when a process of PROCESS_STARTS got going
 
