@@ -1,12 +1,12 @@
 """vLLM's Triton kernels, compiled when the image is built instead of at every empty start.
 
-An empty start builds about 30 Triton kernels, 35 s of an 8B model's start on an H200. Which
-ones depends on vLLM and the settings more than on the model (the sampling kernels are built for
-its vocabulary size), and Triton can compile for any NVIDIA architecture without a GPU. So a
-start on a GPU records what it compiled
-(`RECORD_TRITON_KERNELS=FILE`, one JSON line per kernel, in Triton's own specialization format),
-builder/triton_kernels.jsonl keeps that list, and the image build compiles it for each
-architecture into Triton's cache (builder/triton_cache.py), where a start finds it.
+An empty start builds about 30 Triton kernels, 35 s of an 8B model's start on an H200. Which ones
+depends on vLLM and the settings more than on the model (the sampling kernels are built for its
+vocabulary size), and Triton compiles for any NVIDIA architecture without a GPU. So a start on a
+GPU records what it compiled (`RECORD_TRITON_KERNELS=FILE`: one JSON line per kernel, in Triton's
+own specialization format), builder/triton_kernels.jsonl keeps that list, and the image build
+compiles it for each architecture into Triton's cache (builder/triton_cache.py), where a start
+finds it.
 """
 
 import importlib
