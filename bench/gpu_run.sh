@@ -25,6 +25,9 @@
 #   triton_compare [ROUNDS]   empty starts alternating with that cache, with it and the gcc-built launchers Triton < 3.7
 #                             builds per kernel (3.7 on, the image's, has none), and with neither (ROUNDS each, 2 by
 #                             default); what each start still built; then one warm start
+#   triton_image              as the image has it: builder/triton_kernels.jsonl built for sm_90 and sm_80, then one
+#                             empty FAST_BOOT start (dummy weights): what it still built, and the architectures the
+#                             worker copied to the volume (this GPU's only)
 #
 # image's options: --default  the default settings instead of FAST_BOOT; --dummy  dummy weights (no 15 GiB on disk);
 #   --warm  no empty start: warm starts from the caches an earlier `image` left on this machine;
@@ -197,6 +200,20 @@ triton_compare() {  # ROUNDS of: the image's kernels; those and this Triton's la
   in_image cold --label triton_warm --runs warm --evict-weights
 }
 
+triton_image() {
+  image_env
+  rm -rf "$SHIPPED"
+  in_image python3 builder/triton_cache.py --archs 90 80 | tee "$OUT/triton_cache.txt"
+  FAST_BOOT=true in_image cold --label triton_image --runs empty
+  built_at_start triton_image
+  python3 - "$VOLUME"/cache/*/*/*/triton << 'EOF' | tee "$OUT/triton_image_copied.txt"
+import collections, json, pathlib, sys
+arches = collections.Counter(json.loads(path.read_text())["target"]["arch"] for root in sys.argv[1:]
+                             for path in pathlib.Path(root).glob("*/*.json") if not path.name.startswith("__grp__"))
+print("kernels in the volume's Triton cache, by architecture:", dict(arches))
+EOF
+}
+
 part="${1:-}"
 shift || true
 case "$part" in
@@ -209,6 +226,7 @@ case "$part" in
   image) need_vllm; image "$@" ;;
   triton_record) need_vllm; triton_record ;;
   triton_compare) need_vllm; triton_compare "$@" ;;
+  triton_image) need_vllm; triton_image ;;
   fastboot_cost)
     need_vllm
     throughput default_a --modes a "$@"
