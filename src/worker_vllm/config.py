@@ -265,6 +265,12 @@ def model_name(env: Mapping[str, str]) -> str | None:
     return env.get("MODEL_NAME") or env.get("MODEL") or None
 
 
+def hub_repo_not_here(name: str) -> bool:
+    """Whether `name` is a Hub repo id (org/name) and no path on this machine. os.path answers False,
+    not an error, for a name no path can have (too long)."""
+    return name.count("/") == 1 and not os.path.exists(name)
+
+
 def worker_settings(env: Mapping[str, str]) -> WorkerSettings:
     """The worker's own settings in `env`; an empty variable is unset."""
     try:

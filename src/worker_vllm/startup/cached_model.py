@@ -7,16 +7,17 @@ finds the folder whatever its case and serves the snapshot from its path, so no 
 for it, under the repo id, so clients keep sending model="org/name".
 """
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from worker_vllm import config
 
 
 def apply(env: Mapping[str, str], hub_cache: Path) -> dict[str, str]:
     """`env` with MODEL_NAME set to the cached snapshot of its repo, if `hub_cache` holds one."""
     env = dict(env)
     repo = env.get("MODEL_NAME") or ""
-    if repo.count("/") != 1 or os.path.exists(repo):  # os.path: False for a name no path can have
+    if not config.hub_repo_not_here(repo):
         return env
     snapshot = find(hub_cache, repo, env.get("MODEL_REVISION") or "main")
     if snapshot is None:

@@ -7,7 +7,6 @@ and logs the bytes there, the rate and the time left.
 """
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -71,7 +70,7 @@ class Progress:
 def start(env: Mapping[str, str]) -> Progress | None:
     """Watch the download of env's MODEL_NAME, if it is a Hub repo that is not on this machine."""
     model = config.model_name(env)
-    if not model or model.count("/") != 1 or os.path.exists(model) or env.get("LOAD_FORMAT") == "dummy":
+    if not model or not config.hub_repo_not_here(model) or env.get("LOAD_FORMAT") == "dummy":
         return None
     from huggingface_hub import constants  # here: it reads HF_HOME, which prepare has just written
 
