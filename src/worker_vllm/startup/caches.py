@@ -87,7 +87,7 @@ def seed(env: Mapping[str, str], gpu_arch: Callable[[], int | None] = lambda: No
 
 
 def copy_new(image: Path, target: Path, ignore: Callable[[str, list[str]], list[str]] | None = None) -> None:
-    if image.is_dir() and not target.exists() and image.resolve() != target.resolve():
+    if image.is_dir() and not target.exists():
         try:
             shutil.copytree(image, target, ignore=ignore, dirs_exist_ok=True)  # another worker may be copying too
         except OSError as e:  # the start then builds what it lacks, as without the copy

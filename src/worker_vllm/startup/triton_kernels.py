@@ -97,12 +97,12 @@ def compile_for(arch: int, specs: list[dict]) -> list[str]:
 
     compiler = CompileOnly(arch)
     driver.set_active(compiler)
+    target = compiler.get_current_target().__dict__
     failed = []
     for spec in specs:
         try:
             function = resolve(spec["function"])
-            function.preload(json.dumps(spec | {"name": function._fn_name,
-                                                "target": compiler.get_current_target().__dict__}))
+            function.preload(json.dumps(spec | {"name": function._fn_name, "target": target}))
         except Exception as e:  # noqa: BLE001 - a kernel not built here is built at start, as before
             failed.append(f"{spec['function']}: {type(e).__name__}: {e}"[:300])
     return failed
