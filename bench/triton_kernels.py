@@ -51,7 +51,7 @@ def kernels(cache: Path) -> list[dict]:
             "cubin_bytes": sum(path.stat().st_size for path in folder.glob("*.cubin")),
         })
     found.sort(key=lambda kernel: kernel["built"])
-    for previous, kernel in zip([None, *found[:-1]], found, strict=True):
+    for previous, kernel in zip([None, *found], found, strict=False):  # each with the one before it
         kernel["gap_s"] = round(kernel["built"] - previous["built"], 2) if previous else None
     return found
 
