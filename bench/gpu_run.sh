@@ -154,17 +154,8 @@ SHIPPED="$HOME/.triton/cache"  # Triton's default cache: where builder/triton_ca
 RECORDED=/tmp/triton_kernels.jsonl  # what triton_record's start compiled, for triton_compare in a later call
 LAUNCHERS=/tmp/triton-launchers  # the C launchers Triton < 3.7 builds with gcc for each kernel (3.7 on has one for all)
 built_at_start() {  # LABEL: what the last start built that the image's cache did not have: kernels, and launchers
-  python3 - "$SHIPPED" "$VOLUME"/cache/*/*/*/triton > "$OUT/$1.built.txt" << 'EOF'
-import collections, pathlib, sys
-shipped = {path.name for path in pathlib.Path(sys.argv[1]).glob("*")}
-new = [folder for root in sys.argv[2:] for folder in pathlib.Path(root).glob("*") if folder.name not in shipped]
-built = collections.Counter(path.stem for folder in new for path in folder.glob("*.json") if not path.name.startswith("__grp__"))
-built.update(path.name for folder in new for path in folder.glob("*.so"))
-for name, count in built.most_common():
-    print(count, name)
-EOF
-  echo "$1: built at start: $(awk '!/\.so$/ { n += $1 } END { print n + 0 }' "$OUT/$1.built.txt") Triton kernels," \
-    "$(awk '/\.so$/ { n += $1 } END { print n + 0 }' "$OUT/$1.built.txt") gcc-built modules"
+  python3 bench/triton_kernels.py "$VOLUME"/cache/*/*/*/triton --except "$SHIPPED" > "$OUT/$1.built.txt"
+  echo "$1: built at start: $(tail -1 "$OUT/$1.built.txt")"
 }
 
 triton_record() {
@@ -206,12 +197,8 @@ triton_image() {
   in_image python3 builder/triton_cache.py --archs 90 80 | tee "$OUT/triton_cache.txt"
   FAST_BOOT=true in_image cold --label triton_image --runs empty
   built_at_start triton_image
-  python3 - "$VOLUME"/cache/*/*/*/triton << 'EOF' | tee "$OUT/triton_image_copied.txt"
-import collections, json, pathlib, sys
-arches = collections.Counter(json.loads(path.read_text())["target"]["arch"] for root in sys.argv[1:]
-                             for path in pathlib.Path(root).glob("*/*.json") if not path.name.startswith("__grp__"))
-print("kernels in the volume's Triton cache, by architecture:", dict(arches))
-EOF
+  # What the worker copied to the volume, by architecture (this GPU's only), and what the start built
+  python3 bench/triton_kernels.py "$VOLUME"/cache/*/*/*/triton | tail -1 | tee "$OUT/triton_image_copied.txt"
 }
 
 part="${1:-}"

@@ -5,15 +5,18 @@ Triton writes each compiled kernel to <cache>/<hash>/ (its metadata <name>.json,
 the intermediate forms); the gap between one kernel's files and the previous one's is about
 its build time when the start builds them one after another.
 
-  python bench/triton_kernels.py CACHE_DIR [--json OUT] [--source DIR]
+  python bench/triton_kernels.py CACHE_DIR [--json OUT] [--source DIR] [--except DIR]
 
---source (a site-packages folder) names the module that defines each kernel.
+--source (a site-packages folder) names the module that defines each kernel; --except leaves out
+the entries another cache has too (the image's, to see what a start built beside it). The last
+line sums up, with the architectures and the modules Triton built with gcc (its launchers).
 """
 
 import argparse
 import json
 import re
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 
@@ -31,11 +34,11 @@ def defined_in(names: set[str], source: Path) -> dict[str, str]:
     return modules
 
 
-def kernels(cache: Path) -> list[dict]:
-    """One entry per compiled kernel, oldest first."""
+def kernels(cache: Path, leave_out: Collection[str] = ()) -> list[dict]:
+    """One entry per compiled kernel, oldest first; none from the folders named in `leave_out`."""
     found = []
     for metadata in cache.glob("*/*.json"):
-        if metadata.name.startswith("__grp__"):
+        if metadata.name.startswith("__grp__") or metadata.parent.name in leave_out:
             continue
         try:
             info = json.loads(metadata.read_text())
@@ -56,13 +59,22 @@ def kernels(cache: Path) -> list[dict]:
     return found
 
 
+def gcc_modules(cache: Path, leave_out: Collection[str] = ()) -> list[str]:
+    """The C modules Triton compiled with gcc into the cache: cuda_utils, and before Triton 3.7 a
+    launcher per kernel signature."""
+    return [path.name for path in cache.glob("*/*.so") if path.parent.name not in leave_out]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cache", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--source", type=Path)
+    parser.add_argument("--except", dest="leave_out", type=Path)
     args = parser.parse_args()
-    found = kernels(args.cache)
+    leave_out = {path.name for path in args.leave_out.glob("*")} if args.leave_out else set()
+    found = kernels(args.cache, leave_out)
+    compiled = gcc_modules(args.cache, leave_out)
     modules = defined_in({kernel["name"] for kernel in found}, args.source) if args.source and found else {}
     for kernel in found:
         kernel["module"] = modules.get(kernel["name"])
@@ -72,8 +84,11 @@ def main():
     total = sum(kernel["bytes"] for kernel in found)
     cubins = sum(kernel["cubin_bytes"] for kernel in found)
     span = found[-1]["built"] - found[0]["built"] if found else 0
-    print(f"{len(found)} kernels ({len(by_name)} distinct), {total / 2**20:.1f} MiB "
-          f"({cubins / 2**20:.1f} MiB of cubins), built over {span:.1f} s")
+    archs = Counter(f"sm_{kernel['target']['arch']}" for kernel in found if kernel["target"])
+    by_arch = ", ".join(f"{arch}: {count}" for arch, count in sorted(archs.items()))
+    print(f"{len(found)} kernels ({len(by_name)} distinct; {by_arch}), "
+          f"{total / 2**20:.1f} MiB ({cubins / 2**20:.1f} MiB of cubins), built over {span:.1f} s; "
+          f"{len(compiled)} gcc-built modules")
     if args.json:
         args.json.write_text(json.dumps({"kernels": found, "distinct": by_name, "bytes": total,
                                          "cubin_bytes": cubins, "span_s": span}, indent=2))
