@@ -57,9 +57,11 @@ def first_gguf(folder: Path, patterns: list[str]) -> Path:
     return folder / found[0]
 
 
-def fetch(repo: str, revision: str, dest: Path, patterns: list[str], token: str | None) -> tuple[Path, str]:
-    """Download the files of `repo` that match `patterns` into dest/<repo>; the folder and commit."""
-    sha = HfApi().model_info(repo, revision=revision, token=token).sha
+def fetch(repo: str, revision: str, dest: Path, patterns: list[str], token: str | None,
+          sha: str | None = None) -> tuple[Path, str]:
+    """Download the files of `repo` that match `patterns` into dest/<repo>; the folder and commit
+    (`sha`: the commit `revision` resolved to, when the caller asked the Hub already)."""
+    sha = sha or HfApi().model_info(repo, revision=revision, token=token).sha
     path = snapshot_download(repo, revision=sha, local_dir=dest / repo, allow_patterns=patterns,
                              ignore_patterns=SKIP, token=token)
     return Path(path), sha
@@ -81,8 +83,9 @@ def main(argv=None) -> dict:
         path, sha = fetch(repo, args.revision, args.dest, CONFIG_FILES + patterns, token)
         served_path = str(first_gguf(path, patterns))
     else:
-        files = [s.rfilename for s in HfApi().model_info(args.model, revision=args.revision, token=token).siblings]
-        path, sha = fetch(args.model, args.revision, args.dest, CONFIG_FILES + [weight_pattern(files)], token)
+        info = HfApi().model_info(args.model, revision=args.revision, token=token)
+        files = [s.rfilename for s in info.siblings]
+        path, sha = fetch(args.model, args.revision, args.dest, CONFIG_FILES + [weight_pattern(files)], token, info.sha)
         served_path = str(path)
     manifest = {"model": args.model, "revision": sha, "path": served_path,
                 "quantization": args.quantization or None, "tokenizer": args.tokenizer or None, "tokenizer_path": None}
