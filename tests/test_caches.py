@@ -26,6 +26,14 @@ def test_key_parts_cannot_leave_the_cache_folder():
     assert ".." not in caches.cache_key("../../etc", "0.32.0", "x/../y").parts
 
 
+def test_a_model_name_longer_than_a_file_name_gets_a_key_that_fits(tmp_path):
+    long, longer = "a" * 5000, "a" * 5001
+    key = caches.cache_key(long, "0.32.0", "NVIDIA H200")
+    assert all(len(part) <= 128 for part in key.parts)
+    assert key != caches.cache_key(longer, "0.32.0", "NVIDIA H200")
+    (tmp_path / key).mkdir(parents=True)  # the file system takes it
+
+
 def test_vllm_version_and_gpu_are_found():
     assert caches.vllm_version().startswith("0.32")
     assert caches.gpu_name()  # "cpu" here; the model name on a GPU machine

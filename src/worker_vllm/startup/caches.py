@@ -6,6 +6,7 @@ Compiled kernels only fit the model, vLLM and GPU they were built for, so their 
 by all three: cache/<model>/vllm-<version>/<gpu>/.
 """
 
+import hashlib
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 BAKED = Path("/models")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+MAX_KEY_PART = 128
 
 log = logging.getLogger("worker")
 
@@ -107,7 +109,10 @@ def built_for(entry: Path) -> int | None:
 
 def cache_key(model: str, vllm: str, gpu: str) -> Path:
     def slug(text: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "unknown"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "unknown"
+        if len(name) > MAX_KEY_PART:  # a file name has at most 255 bytes: cut it, kept apart by a hash
+            name = f"{name[:MAX_KEY_PART - 17]}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        return name
 
     return Path(slug(model)) / f"vllm-{slug(vllm)}" / slug(gpu)
 
