@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from worker_vllm.worker import Worker
 
 log = logging.getLogger("worker")
+QUEUE_FRONT_END = ("runpod", "worker_vllm.runpod_queue")  # 0.4 s (H100) to 1.3 s (CPU) of imports
 
 
 def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> Non
         sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
                  "(for a local endpoint, run src/serve.py)")
     # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported.
-    startup = environment.prepare(environ, probe_cpu=not local)
+    startup = environment.prepare(environ, probe_cpu=not local, front_end=() if local else QUEUE_FRONT_END)
     worker = start_or_exit(startup)
     try:
         if job is not None:

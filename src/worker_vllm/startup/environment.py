@@ -8,12 +8,22 @@ the start-up phases file) is written to it here, in one place, and nowhere else.
 import os
 import tempfile
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker_vllm import config
-from worker_vllm.startup import baked, cached_model, caches, cpu_probe, download, phases, plugins, prefetch
+from worker_vllm.startup import (
+    baked,
+    cached_model,
+    caches,
+    cpu_probe,
+    download,
+    during_engine_start,
+    phases,
+    plugins,
+    prefetch,
+)
 
 
 @dataclass
@@ -27,11 +37,15 @@ class Startup:
     probing: threading.Thread | None = None
     downloading: download.Progress | None = None
     failures: list[dict] = field(default_factory=list)  # what vLLM's processes logged as they failed
+    front_end: tuple[str, ...] = ()  # the modules that serve jobs once the engine is up
 
-    def before_engine(self) -> None:
-        """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks."""
+    def before_engine(self, prepare_serving: Callable[[], None] | None = None) -> None:
+        """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks.
+        `prepare_serving` runs while the engine starts (startup.during_engine_start)."""
         if self.probing:
             self.probing.join()
+        if prepare_serving:
+            during_engine_start.after_next_fork(prepare_serving, "prepared the serving layer")
 
     def engine_started(self, began: float | None = None) -> dict[str, float]:
         """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them
@@ -46,9 +60,10 @@ class Startup:
         return found
 
 
-def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> Startup:
+def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, front_end: Sequence[str] = ()) -> Startup:
     """Fill in the baked model and the cache places, write the additions to `environ`, and start
-    reading the weights (and, if `probe_cpu`, the runpod SDK's CPU probe) while vLLM imports."""
+    reading the weights (and, if `probe_cpu`, the runpod SDK's CPU probe) while vLLM imports.
+    `front_end`: the modules that will serve jobs, imported while the engine starts."""
     env = baked.apply(environ)
     try:
         own = config.worker_settings(env)
@@ -69,4 +84,5 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False) -> St
     caches.seed(env, caches.gpu_arch)
     reading = prefetch.start(env) if own and own.prefetch_weights else None
     return Startup(env, Path(phases_file), caches.describe(env, places, volume), reading,
-                   cpu_probe.start() if probe_cpu else None, None if reading else download.start(env))
+                   cpu_probe.start() if probe_cpu else None, None if reading else download.start(env),
+                   front_end=tuple(front_end))
