@@ -7,11 +7,12 @@ The caches live where the worker puts them on Runpod: on the network volume, /ru
 builder/warm_cache.py, which fills the volume as a user would (one local job, with no runpod SDK);
 the warm start is the worker in the runpod SDK's production loop, which finds what it left and
 takes one streaming job from a fake Runpod job API on 127.0.0.1. Its first token is the moment
-the first streamed item reaches that API. A "load_balancer" run starts the worker with
+the first streamed item reaches that API. A "first" run is that start on an emptied volume: a new
+endpoint's first worker, which finds only what the image carries. A "load_balancer" run starts the worker with
 LOAD_BALANCER=true instead and polls /ping every 20 ms: Runpod's cold-start figure for such an
 endpoint is the time from the first 204 to the first 200; then one streamed chat completion.
 
-  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty warm load_balancer]
+  python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty first warm load_balancer]
                              [--evict-weights] [--worker PATH]
 
 The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
@@ -146,7 +147,8 @@ def main():
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--label", default="default")
-    parser.add_argument("--runs", nargs="+", default=["empty", "warm"], choices=["empty", "warm", "load_balancer"])
+    parser.add_argument("--runs", nargs="+", default=["empty", "warm"],
+                        choices=["empty", "first", "warm", "load_balancer"])
     parser.add_argument("--evict-weights", action="store_true")
     parser.add_argument("--worker", type=Path, default=HERE.parent / "src" / "handler.py",
                         help="the handler.py the warm starts run (to compare two versions on one machine)")
@@ -160,6 +162,9 @@ def main():
     for number, run in enumerate(args.runs, 1):  # the first run fills the caches the next ones find
         if args.evict_weights:
             evict(args.model)
+        if run == "first":
+            shutil.rmtree(VOLUME)
+            VOLUME.mkdir()
         name = run if args.runs.count(run) == 1 else f"{run}_{number}"  # a repeated run keeps each start
         results[name] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{name}.log", args.worker)
         print(name, json.dumps(results[name]), flush=True)

@@ -25,6 +25,12 @@
 #   triton_compare [ROUNDS]   empty starts alternating with that cache, with it and the gcc-built launchers Triton < 3.7
 #                             builds per kernel (3.7 on, the image's, has none), and with neither (ROUNDS each, 2 by
 #                             default); what each start still built; then one warm start
+#   start_compare [ROUNDS]    the image's Python, FAST_BOOT, real weights, the image's Triton kernels for this GPU
+#                             (and the launchers Triton < 3.7 builds): ROUNDS (1) of a first start on an empty
+#                             volume and a warm start with the previous version (.gpu/prev/src, carried: git archive
+#                             REV src | tar -x -C .gpu/prev) and with this one. Results in start_compare.json
+#                             (per kind of start, the median and range of the seconds to the first token), logs in
+#                             start_compare_logs.tgz
 #   triton_image              as the image has it: builder/triton_kernels.jsonl built for sm_90 and sm_80, then one
 #                             empty FAST_BOOT start (dummy weights): what it still built, and the architectures the
 #                             worker copied to the volume (this GPU's only)
@@ -158,6 +164,11 @@ built_at_start() {  # LABEL: what the last start built that the image's cache di
   echo "$1: built at start: $(tail -1 "$OUT/$1.built.txt")"
 }
 
+keep_launchers() {  # DIR: the per-kernel launchers the last start built (Triton < 3.7), copied to DIR
+  mkdir -p "$1"
+  for so in "$VOLUME"/cache/*/*/*/triton/*/__triton_launcher*.so; do [ -f "$so" ] && cp -r "$(dirname "$so")" "$1/"; done
+}
+
 triton_record() {
   image_env; weights
   export FAST_BOOT=true LOAD_FORMAT=auto
@@ -165,8 +176,7 @@ triton_record() {
   RECORD_TRITON_KERNELS=$RECORDED in_image cold --label triton_record --runs empty --evict-weights
   cp "$RECORDED" "$OUT/triton_kernels.jsonl" || die "the start recorded no Triton kernel"
   built_at_start triton_record
-  mkdir -p "$LAUNCHERS"  # this Triton's per-kernel launchers, for triton_compare's "launchers" starts
-  for so in "$VOLUME"/cache/*/*/*/triton/*/__triton_launcher*.so; do [ -f "$so" ] && cp -r "$(dirname "$so")" "$LAUNCHERS/"; done
+  keep_launchers "$LAUNCHERS"  # for triton_compare's "launchers" starts
   local began=$SECONDS
   in_image python3 builder/triton_cache.py --kernels "$RECORDED" | tee "$OUT/triton_cache.txt"
   echo "triton_cache: $((SECONDS - began)) s in all; $(du -sh "$SHIPPED" | cut -f1) in $SHIPPED" | tee -a "$OUT/triton_cache.txt"
@@ -201,6 +211,28 @@ triton_image() {
   python3 bench/triton_kernels.py "$VOLUME"/cache/*/*/*/triton | tail -1 | tee "$OUT/triton_image_copied.txt"
 }
 
+start_compare() {
+  local rounds=${1:-1} round prev=.gpu/prev/src/handler.py arch
+  [ -f "$prev" ] || die "start_compare needs the previous version in .gpu/prev/src (carried)"
+  image_env; weights
+  export FAST_BOOT=true LOAD_FORMAT=auto
+  if [ ! -d "$SHIPPED" ]; then  # once per machine: the image's kernels, then the launchers a first start builds
+    arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+    in_image python3 builder/triton_cache.py --archs "$arch" > "$OUT/triton_cache.txt"
+    in_image python3 -X importtime -c "import sys; sys.path.insert(0, 'src'); import worker_vllm.worker" \
+      2> "$OUT/importtime.txt"
+    in_image cold --label launchers --runs first --evict-weights
+    keep_launchers "$SHIPPED"
+  fi
+  for round in $(seq "$rounds"); do  # alternating, as starts vary by seconds
+    in_image cold --label "first_prev_$round" --runs first --evict-weights --worker "$prev"
+    in_image cold --label "first_new_$round" --runs first --evict-weights
+    in_image cold --label "warm_prev_$round" --runs warm --evict-weights --worker "$prev"
+    in_image cold --label "warm_new_$round" --runs warm --evict-weights
+  done
+  python3 bench/start_summary.py "$OUT"  # one file of results, one of logs: the device returns few files
+}
+
 part="${1:-}"
 shift || true
 case "$part" in
@@ -214,6 +246,7 @@ case "$part" in
   triton_record) need_vllm; triton_record ;;
   triton_compare) need_vllm; triton_compare "$@" ;;
   triton_image) need_vllm; triton_image ;;
+  start_compare) need_vllm; start_compare "$@" ;;
   fastboot_cost)
     need_vllm
     throughput default_a --modes a "$@"
