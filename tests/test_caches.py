@@ -95,6 +95,15 @@ def test_the_image_s_triton_kernels_for_this_gpu_seed_a_new_kernel_cache(tmp_pat
     assert len(list((tmp_path / "unknown-gpu").iterdir())) == 4
 
 
+def test_a_cache_place_that_cannot_be_looked_at_does_not_stop_the_start(tmp_path, caplog):
+    (tmp_path / "xdg" / "vllm" / "modelinfos").mkdir(parents=True)
+    (tmp_path / "home" / ".triton" / "cache").mkdir(parents=True)
+    too_long = str(tmp_path / ("x" * 300))
+    caches.seed({"XDG_CACHE_HOME": str(tmp_path / "xdg"), "TRITON_HOME": str(tmp_path / "home"),
+                 "VLLM_CACHE_ROOT": too_long, "TRITON_CACHE_DIR": too_long}, gpu_arch=lambda: 90)
+    assert caplog.text.count("File name too long") == 2
+
+
 def test_the_gpu_architecture_comes_from_nvidia_smi(tmp_path, monkeypatch):
     smi = tmp_path / "nvidia-smi"
     monkeypatch.setenv("PATH", str(tmp_path))

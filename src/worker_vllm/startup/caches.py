@@ -78,22 +78,35 @@ def seed(env: Mapping[str, str], gpu_arch: Callable[[], int | None] = lambda: No
     if env.get("VLLM_CACHE_ROOT"):
         image = Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "vllm" / "modelinfos"  # vLLM's default
         copy_new(image, Path(env["VLLM_CACHE_ROOT"]) / "modelinfos")
-    if env.get("TRITON_CACHE_DIR") and not Path(env["TRITON_CACHE_DIR"]).exists():
+    if env.get("TRITON_CACHE_DIR"):
         image = Path(env.get("TRITON_HOME") or home) / ".triton" / "cache"  # Triton's default
+        target = Path(env["TRITON_CACHE_DIR"])
+        if not copy_due(image, target):  # only a copy asks the GPU's architecture
+            return
         arch = gpu_arch()
 
         def for_other_gpus(folder: str, names: list[str]) -> list[str]:
             return [name for name in names if Path(folder) == image and built_for(image / name) not in (None, arch)]
 
-        copy_new(image, Path(env["TRITON_CACHE_DIR"]), None if arch is None else for_other_gpus)
+        copy_new(image, target, None if arch is None else for_other_gpus)
 
 
 def copy_new(image: Path, target: Path, ignore: Callable[[str, list[str]], list[str]] | None = None) -> None:
-    if image.is_dir() and not target.exists():
+    if copy_due(image, target):
         try:
             shutil.copytree(image, target, ignore=ignore, dirs_exist_ok=True)  # another worker may be copying too
         except OSError as e:  # the start then builds what it lacks, as without the copy
             log.warning("the image's cache not copied to %s: %s", target, e)
+
+
+def copy_due(image: Path, target: Path) -> bool:
+    """Whether the image has the cache and `target` does not exist yet. A place the worker cannot
+    look at (no permission, a name too long) is left to the tool that uses it, which says so."""
+    try:
+        return image.is_dir() and not target.exists()
+    except OSError as e:
+        log.warning("the image's cache not copied to %s: %s", target, e)
+        return False
 
 
 def built_for(entry: Path) -> int | None:
