@@ -39,7 +39,7 @@ def start(env: Mapping[str, str], startup: Startup | None = None) -> Worker:
         log.warning("MODEL_NAME is not set: serving the embedded tiny random model (for local runs)")
     configured = time.monotonic()
     if startup:
-        startup.before_engine(lambda: engine.prepare_serving(startup.front_end))
+        startup.before_engine(engine.prepare_serving)
     engine_began = time.time()  # wall clock: vLLM's processes stamp their log records with it
     try:
         started = Worker(engine.Engine(settings.engine_args), settings)

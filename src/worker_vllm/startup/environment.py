@@ -39,13 +39,13 @@ class Startup:
     failures: list[dict] = field(default_factory=list)  # what vLLM's processes logged as they failed
     front_end: tuple[str, ...] = ()  # the modules that serve jobs once the engine is up
 
-    def before_engine(self, prepare_serving: Callable[[], None] | None = None) -> None:
+    def before_engine(self, prepare_serving: Callable[[Sequence[str]], None] | None = None) -> None:
         """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks.
-        `prepare_serving` runs while the engine starts (startup.during_engine_start)."""
+        `prepare_serving(front_end)` runs while the engine starts (startup.during_engine_start)."""
         if self.probing:
             self.probing.join()
         if prepare_serving:
-            during_engine_start.after_next_fork(prepare_serving, "prepared the serving layer")
+            during_engine_start.after_next_fork(lambda: prepare_serving(self.front_end), "prepared the serving layer")
 
     def engine_started(self, began: float | None = None) -> dict[str, float]:
         """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them
