@@ -62,6 +62,27 @@ def test_tensor_parallel_defaults_to_visible_gpus():
     assert settings({"MODEL_NAME": "m"}, gpu_count=0)[0].engine_args.tensor_parallel_size == 1
 
 
+def test_a_queue_worker_on_a_gpu_defaults_to_four_front_end_processes():
+    def count(env, gpu_count=1):
+        return settings({"MODEL_NAME": "m"} | env, gpu_count=gpu_count)[0].engine_args.api_server_count
+
+    assert count({}) == 4
+    assert count({"API_SERVER_COUNT": "2"}) == 2
+    assert count({}, gpu_count=0) is None  # CPU: one process, as vLLM's default
+    assert count({"LOAD_BALANCER": "true"}) is None  # vLLM's app over uvicorn runs in one process
+    assert count({"ENABLE_OPENAI_ADMIN_ROUTES": "true"}) is None  # an admin route changes one process
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"API_SERVER_COUNT": "0"}, "API_SERVER_COUNT=0: the worker needs at least 1 front-end process"),
+    ({"API_SERVER_COUNT": "3", "ENABLE_OPENAI_ADMIN_ROUTES": "true"},
+     "would change only the front-end process that serves it; set API_SERVER_COUNT=1"),
+])
+def test_front_end_counts_that_cannot_work_are_refused(env, fragment):
+    with pytest.raises(config.ConfigError, match=fragment):
+        settings({"MODEL_NAME": "m", **env})
+
+
 @pytest.mark.parametrize("env, fragments", [
     ({"MAX_MODEL_LEN": "lots"}, ["MAX_MODEL_LEN='lots'", "invalid", "int"]),
     ({"DTYPE": "float7"}, ["DTYPE='float7'", "choose from", "bfloat16"]),

@@ -368,6 +368,9 @@ class DyingEngine:
     is_dead = False
     dead_reason = "EngineCore died (test)"
 
+    def kill(self) -> None:  # it started no processes
+        pass
+
 
 def test_the_endpoint_exits_1_within_5_s_when_the_engine_dies(monkeypatch):
     exits: list[int] = []

@@ -201,7 +201,7 @@ def test_start_or_exit_exits_1_with_the_line(hub, monkeypatch, tmp_path):
 
     hub(404, "RevisionNotFound")
 
-    def start(env, startup):
+    def start(env, startup, front_ends):
         EngineArgs(model="acme/chat-7b", revision="v9").create_engine_config()
 
     monkeypatch.setattr(worker, "start", start)

@@ -52,13 +52,17 @@ WORKER_VLLM_ONLY = {
 # Options of the HTTP server that make no sense in-process, or that other software sets
 # (PORT, HOST, CONFIG), and HF_TOKEN, which huggingface_hub reads from the environment itself.
 NOT_FROM_ENV = {"host", "port", "uds", "api_key", "root_path", "config", "headless", "grpc",
-                "api_server_count", "hf_token", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"}
+                "hf_token", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"}
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 RUNPOD_MARKERS = ("RUNPOD_POD_ID", "RUNPOD_WEBHOOK_GET_JOB")
 # Engine options the worker sets unless their env var does. vLLM sends a stream's first token at
 # once, then every 4 tokens: the Runpod stream batches tokens anyway, and per-token outputs cost the
 # OpenAI path 17% of its throughput at 256 streams on an H100 (docs/benchmarks.md).
 WORKER_DEFAULTS = {"stream_interval": "4"}
+# Front-end processes on one engine core (vLLM's --api-server-count; front_ends.py) for a queue
+# worker on a GPU: with a 1B model at 512 streams, one process held the OpenAI path to 0.82x of
+# AsyncLLM's tokens/s and doubled its TTFT; four gave 1.00x (docs/benchmarks.md).
+GPU_QUEUE_DEFAULTS = {"api_server_count": "4"}
 # Used when the embedded tiny model is served: it is for CPU runs, where eager mode starts
 # in about 20 s instead of 55 s.
 TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
@@ -315,6 +319,9 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
             default(dest, value)
     if gpu_count > 1:
         default("tensor_parallel_size", str(gpu_count))
+    if gpu_count and not worker.load_balancer and not worker.enable_openai_admin_routes:
+        for dest, value in GPU_QUEUE_DEFAULTS.items():
+            default(dest, value)
     for dest, value in WORKER_DEFAULTS.items():
         if dest.upper() in names:  # an option a later vLLM drops is not set
             default(dest, value)
@@ -326,6 +333,12 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     # win. Spliced here from the read above, so the file is read once.
     args = _parse(parser, [*file_argv, *argv], names, env, config_file, in_file)
     _env_wins(args, names, env, in_file)
+    if args.api_server_count is not None and args.api_server_count < 1:
+        raise ConfigError(f"API_SERVER_COUNT={args.api_server_count}: the worker needs at least 1 front-end process")
+    if (args.api_server_count or 1) > 1 and worker.enable_openai_admin_routes:
+        raise ConfigError(f"API_SERVER_COUNT={args.api_server_count} and ENABLE_OPENAI_ADMIN_ROUTES: an admin route "
+                          "(LoRA loading, sleep, prefix cache reset) would change only the front-end process that "
+                          "serves it; set API_SERVER_COUNT=1")
     return Settings(args, worker, embedded), warnings
 
 

@@ -8,9 +8,11 @@ import difflib
 import gc
 import importlib
 import logging
+import threading
 import types
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import vllm.envs as envs
@@ -23,6 +25,8 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.utils import bind_engine_zmq_listeners, launch_core_engines
+from vllm.v1.executor import Executor
 
 from worker_vllm import asgi
 
@@ -37,6 +41,11 @@ SERVING_LAYER = (
     "vllm.entrypoints.openai.chat_completion.protocol",
     "vllm.entrypoints.openai.completion.protocol",
 )
+
+
+# Starts the other front-end processes, given the vLLM client config of each (picklable: its ZMQ
+# listeners are plain sockets); returns their processes.
+StartFrontEnds = Callable[[list[dict[str, Any]]], list[BaseProcess]]
 
 
 class InputError(ValueError):
@@ -88,29 +97,111 @@ def gpu_count() -> int:
 class Engine:
     """vLLM's AsyncLLM in this process, with vLLM's OpenAI FastAPI app called in-process (ASGI)."""
 
-    def __init__(self, args):
+    def __init__(self, args, client: dict[str, Any] | None = None,
+                 start_front_ends: StartFrontEnds | None = None):
+        """With API_SERVER_COUNT > 1 (vLLM's --api-server-count), this process starts vLLM's engine
+        core for that many front ends, itself the first: `start_front_ends` starts the others while
+        the engine core loads. A front end that another process started passes its `client` config."""
         validate_parsed_serve_args(args)
         self.args = args
         engine_args = AsyncEngineArgs.from_cli_args(args)
+        count = 1 if client else args.api_server_count or 1
+        if count > 1:
+            engine_args._api_process_count, engine_args._api_process_rank = count, -1
+        elif client:
+            engine_args._api_process_count = client["client_count"]
+            engine_args._api_process_rank = client["client_index"]
         self.vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         if self.vllm_config.model_config.runner_type == "pooling":
             # vLLM 0.32 asserts a detokenizer for every output once stream_interval > 1, and pooling
             # requests have none: with the worker's default of 4, every embedding request failed.
             self.vllm_config.scheduler_config.stream_interval = 1
-        # Built outside any event loop: AsyncLLM then binds to the loop of its first request,
-        # which is the runpod SDK's loop.
-        self.llm = AsyncLLM.from_vllm_config(
-            vllm_config=self.vllm_config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=engine_args.enable_log_requests,
-            disable_log_stats=engine_args.disable_log_stats,
-        )
+        self.front_ends: list[BaseProcess] = []
+        self._engine_args = engine_args
+        if count > 1:
+            self.llm = self._start_engine_core(count, start_front_ends)
+        else:
+            self.llm = self._connect(client)
         # vLLM re-reads its environment variables at each access unless told; its engine process
         # caches them after start-up, and so does this one: per generated token, the front end's
         # stats read one (1 in 8 of this process's samples on an H100 at 256 streams).
         envs.enable_envs_cache()
         self.app: FastAPI | None = None
         self._ready = asyncio.Lock()
+
+    def _connect(self, client: dict[str, Any] | None) -> AsyncLLM:
+        """AsyncLLM: it starts the engine core, or with `client` joins one another process started."""
+        client = dict(client or {})
+        # Built outside any event loop: AsyncLLM then binds to the loop of its first request,
+        # which is the runpod SDK's loop.
+        return AsyncLLM.from_vllm_config(
+            vllm_config=self.vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            enable_log_requests=self._engine_args.enable_log_requests,
+            disable_log_stats=self._engine_args.disable_log_stats,
+            client_addresses=client or None,
+            client_count=client.pop("client_count", 1),
+            client_index=client.pop("client_index", 0),
+        )
+
+    def _start_engine_core(self, count: int, start_front_ends: StartFrontEnds | None) -> AsyncLLM:
+        """vLLM's engine core for `count` front ends, as `vllm serve --api-server-count` starts it:
+        the other front ends start while it loads. Returns this process's AsyncLLM."""
+        if start_front_ends is None:
+            raise ValueError(f"--api-server-count={count} needs the worker to start the other front ends")
+        listeners = bind_engine_zmq_listeners(self.vllm_config, count)
+        connected: list[AsyncLLM | BaseException] = []
+
+        def connect(client: dict[str, Any]) -> None:
+            try:
+                connected.append(self._connect(client))
+            except BaseException as e:  # noqa: BLE001 - raised in the main thread below
+                connected.append(e)
+
+        try:
+            with launch_core_engines(self.vllm_config, Executor.get_class(self.vllm_config),
+                                     not self.args.disable_log_stats, listeners.addresses) as launch:
+                clients = []
+                for index, (inputs, outputs) in enumerate(zip(listeners.inputs, listeners.outputs, strict=True)):
+                    client = {"input_address": inputs.address, "output_address": outputs.address,
+                              "input_listener": inputs.socket, "output_listener": outputs.socket,
+                              "client_count": count, "client_index": index}
+                    if launch.tensor_queue is not None:
+                        client["tensor_queue"] = launch.tensor_queue
+                    clients.append(client)
+                self.front_ends = start_front_ends(clients[1:])
+                launch.watched_frontend_processes = self.front_ends  # one that dies fails the start
+                for listener in (*listeners.inputs[1:], *listeners.outputs[1:]):
+                    listener.close()  # the front end's process holds its own copy
+                # This process's client takes its sockets now, as the others do, not once the core is
+                # up: on an H200 (vLLM forks the core there) a client that joined after the core's
+                # start-up got the core's first message 30 s late, every time.
+                self.vllm_config.parallel_config._api_process_rank = 0
+                connecting = threading.Thread(target=connect, args=(clients[0],), name="engine-client", daemon=True)
+                connecting.start()
+            connecting.join()
+        except BaseException:
+            self._stop_front_ends()
+            raise
+        llm = connected[0]
+        if isinstance(llm, BaseException):
+            self._stop_front_ends()
+            raise llm
+        # As when AsyncLLM starts the engine core itself: it watches the core, marks itself dead when
+        # the core exits, and stops the core at shutdown.
+        llm.engine_core.resources.engine_manager = launch.engine_manager
+        llm.engine_core.start_engine_core_monitor()
+        return llm
+
+    def _stop_front_ends(self, timeout: float = 5.0) -> None:
+        for process in self.front_ends:
+            if process.is_alive():
+                process.terminate()
+        for process in self.front_ends:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout)
 
     @property
     def max_num_seqs(self) -> int:
@@ -158,11 +249,17 @@ class Engine:
         # Not vLLM's `errored`: that is also true once its output task is cancelled, which
         # asyncio.run does to every task when the SDK's loop ends on SIGTERM: a shutdown, not a death.
         output = self.llm.output_handler
-        return self.llm.engine_core.resources.engine_dead or (
+        return self.llm.engine_core.resources.engine_dead or self._front_end_exited is not None or (
             output is not None and output.done() and not output.cancelled())
 
     @property
+    def _front_end_exited(self) -> BaseProcess | None:
+        return next((p for p in self.front_ends if p.exitcode is not None), None)
+
+    @property
     def dead_reason(self) -> str:
+        if (process := self._front_end_exited) is not None and not self.llm.engine_core.resources.engine_dead:
+            return f"its front-end process {process.name} exited with code {process.exitcode}"
         return str(self.llm.dead_error)
 
     def num_unfinished_requests(self) -> int:
@@ -234,6 +331,15 @@ class Engine:
         app = await self.ready()
         return await asgi.call(app, method, path, body, {"x-request-id": request_id}, on_cancel)
 
+    def kill(self) -> None:
+        """Kill the processes this one started (the engine core, the other front ends) at once: for
+        a worker about to os._exit, which would leave a live engine core running without it."""
+        manager = self.llm.engine_core.resources.engine_manager
+        for process in (*self.front_ends, *getattr(manager, "processes", ())):
+            if process.is_alive():
+                process.kill()
+
     def shutdown(self):
+        self._stop_front_ends()
         self.llm.shutdown()
         gc.unfreeze()  # the heap is collectable again: objects left frozen at exit are reported as leaks

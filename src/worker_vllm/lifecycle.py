@@ -5,14 +5,17 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("worker")
 
 
-def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2.0) -> threading.Event:
+def exit_when_engine_dies(engine, in_flight, on_death: Callable[[str], None] | None = None,
+                          poll: float = 0.2, drain: float = 2.0) -> threading.Event:
     """Exit 1 once the engine is dead, so Runpod replaces this worker instead of sending it jobs
-    that fail at once. Jobs in flight get `drain` seconds to report their error first.
-    Set the returned event before shutting the engine down on purpose."""
+    that fail at once. Jobs in flight get `drain` seconds to report their error first; `on_death`
+    gets the error for jobs that cannot see it themselves. Set the returned event before shutting
+    the engine down on purpose."""
     stopping = threading.Event()
 
     def watch():
@@ -20,12 +23,15 @@ def exit_when_engine_dies(engine, in_flight, poll: float = 0.2, drain: float = 2
             if stopping.wait(poll):
                 return
         log.error("vLLM engine died (%s); exiting so that Runpod starts a new worker", engine.dead_reason)
+        if on_death:
+            on_death(f"vLLM engine died: {engine.dead_reason}")
         deadline = time.monotonic() + drain
         while len(in_flight) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)  # the SDK posts the failed jobs' results
         if stopping.is_set():  # the worker began to shut down on purpose meanwhile
             return
+        engine.kill()  # a front end may have died, and the engine core with it alive
         logging.shutdown()
         os._exit(1)
 

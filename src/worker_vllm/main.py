@@ -34,7 +34,7 @@ def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> Non
                  "(for a local endpoint, run src/serve.py)")
     # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported.
     startup = environment.prepare(environ, probe_cpu=not local, front_end=() if local else QUEUE_FRONT_END)
-    worker = start_or_exit(startup)
+    worker = start_or_exit(startup, front_ends=not local)
     try:
         if job is not None:
             from worker_vllm.jobs import InFlight
@@ -61,20 +61,23 @@ def serve_http(own: config.WorkerSettings, environ: MutableMapping[str, str]) ->
         worker.engine.shutdown()
 
 
-def configure_logging() -> None:
-    """The worker's log format, at LOG_LEVEL (a no-op once logging has handlers)."""
+def configure_logging(process: str = "") -> None:
+    """The worker's log format, at LOG_LEVEL (a no-op once logging has handlers); `process` names
+    a process other than the worker's own in each line."""
+    where = f"[{process}] " if process else ""
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s")
 
 
-def start_or_exit(startup: environment.Startup) -> "Worker":
-    """The started worker; a start-up failure exits 1 with one line that names the cause."""
+def start_or_exit(startup: environment.Startup, front_ends: bool = False) -> "Worker":
+    """The started worker (`front_ends`: see worker.start); a start-up failure exits 1 with one
+    line that names the cause."""
     from worker_vllm import worker  # imports vLLM: the weights are read meanwhile
 
     configure_logging()
     log.info(startup.caches)
     try:
-        return worker.start(startup.env, startup)
+        return worker.start(startup.env, startup, front_ends)
     except config.ConfigError as e:
         sys.exit(f"startup failed: {e}")
     except Exception as e:  # one line with the cause and the fix, not a traceback wall

@@ -25,14 +25,22 @@ def serve(worker: Worker) -> None:
         # A constant: the SDK stops fetching until no job is in flight whenever this changes.
         return concurrency
 
-    watchdog = lifecycle.exit_when_engine_dies(worker.engine, in_flight)
-    log.info("ready: model %s, taking %d jobs at once", worker.engine.served_model_names[0], concurrency)
+    handler = make_handler(worker, in_flight)
+    on_death = None
+    if worker.front_ends:
+        handler = worker.front_ends.balance(handler, in_flight)
+        on_death = worker.front_ends.fail_all
+    watchdog = lifecycle.exit_when_engine_dies(worker.engine, in_flight, on_death)
+    log.info("ready: model %s, taking %d jobs at once%s", worker.engine.served_model_names[0], concurrency,
+             f" over {worker.front_ends.count} front-end processes" if worker.front_ends else "")
     runpod.serverless.start({
-        "handler": make_handler(worker, in_flight),
+        "handler": handler,
         "return_aggregate_stream": True,
         "concurrency_modifier": concurrency_modifier,
     })
     watchdog.set()
+    if worker.front_ends:
+        worker.front_ends.close()
 
 
 def on_loop_start(loop: asyncio.AbstractEventLoop, worker: Worker, in_flight: InFlight) -> asyncio.Task:
@@ -40,6 +48,8 @@ def on_loop_start(loop: asyncio.AbstractEventLoop, worker: Worker, in_flight: In
     the worker's own SIGTERM drain, and vLLM's OpenAI app, built while the first jobs are fetched
     rather than by the first job (if that fails, the next job tries again and reports the error)."""
     lifecycle.graceful_sigterm(loop, in_flight, worker.settings.worker.shutdown_grace_seconds)
+    if worker.front_ends:
+        worker.front_ends.listen(loop)
     building = loop.create_task(worker.engine.ready())
     building.add_done_callback(_log_app_built)
     return building

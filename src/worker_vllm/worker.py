@@ -4,11 +4,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from worker_vllm import config, engine
 from worker_vllm.config import Settings
 from worker_vllm.startup import phases, tiny_model
 from worker_vllm.startup.environment import Startup
+
+if TYPE_CHECKING:
+    from worker_vllm.front_ends import Pool
 
 log = logging.getLogger("worker")
 
@@ -17,6 +21,7 @@ log = logging.getLogger("worker")
 class Worker:
     engine: engine.Engine
     settings: Settings
+    front_ends: "Pool | None" = None  # the other front-end processes, with API_SERVER_COUNT > 1
 
     @property
     def concurrency(self) -> int:
@@ -24,11 +29,12 @@ class Worker:
         return self.settings.worker.max_concurrency or self.engine.max_num_seqs
 
 
-def start(env: Mapping[str, str], startup: Startup | None = None) -> Worker:
+def start(env: Mapping[str, str], startup: Startup | None = None, front_ends: bool = False) -> Worker:
     """Read settings from `env` and start the engine. Raises config.ConfigError for a bad setting.
 
     With `startup` (what startup.environment.prepare began), ends its work once the engine is up and
-    logs where start-up time went, down to the engine's phases."""
+    logs where start-up time went, down to the engine's phases. `front_ends`: this worker serves
+    Runpod's queue, where API_SERVER_COUNT > 1 starts more front-end processes (front_ends.py)."""
     imports = phases.seconds_since_process_start()
     began = time.monotonic()
     settings, warnings = config.from_env(env, engine.arg_parser(), gpu_count=engine.gpu_count(),
@@ -40,9 +46,19 @@ def start(env: Mapping[str, str], startup: Startup | None = None) -> Worker:
     configured = time.monotonic()
     if startup:
         startup.before_engine(engine.prepare_serving)
+    pool = None
+    if (count := settings.engine_args.api_server_count or 1) > 1:
+        if front_ends:
+            from worker_vllm.front_ends import Pool  # it runs jobs, through the router: not at import
+
+            pool = Pool(count)
+        else:
+            log.info("one front-end process: API_SERVER_COUNT=%d applies to queue endpoints", count)
+            settings.engine_args.api_server_count = None
     engine_began = time.time()  # wall clock: vLLM's processes stamp their log records with it
     try:
-        started = Worker(engine.Engine(settings.engine_args), settings)
+        start_front_ends = pool.starter(settings) if pool else None
+        started = Worker(engine.Engine(settings.engine_args, start_front_ends=start_front_ends), settings, pool)
     finally:
         found = startup.engine_started(engine_began) if startup else {}
     done = time.monotonic()
