@@ -126,7 +126,7 @@ def test_the_table_is_large():
 
 def test_unknown_top_level_key_is_a_warning_not_an_error(run_job, caplog):
     with caplog.at_level(logging.WARNING, logger="worker.native"):
-        (item,) = run_job({"prompt": "a", "sampling_params": {"max_tokens": 2}, "temprature": 0})
+        (item,) = run_job({"prompt": "a", "sampling_params": {"max_tokens": 2, "ignore_eos": True}, "temprature": 0})
     assert item["usage"]["output"] == 2
     assert "ignored unknown input keys ['temprature']" in caplog.text
 
