@@ -78,15 +78,24 @@ def summarize(traces: list[Trace], wall: float, cpu: float) -> dict:
     }
 
 
-async def wave(send, concurrency: int, prompt_len: int, output_len: int, seed: int, vocab: int) -> dict:
-    """`concurrency` requests at once; `send(prompt, trace, output_len)` runs one and records it."""
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+async def wave(send, concurrency: int, prompt_len: int, output_len: int, seed: int, vocab: int,
+               front_ends: list[psutil.Process]) -> dict:
+    """`concurrency` requests at once; `send(prompt, trace, output_len)` runs one and records it.
+    The worker's CPU is this process's; with API_SERVER_COUNT > 1, also its other front ends'."""
     me = psutil.Process()
     prompts = [make_model.prompt(prompt_len, seed * 100_000 + i, vocab) for i in range(concurrency)]
-    cpu_before, began = sum(me.cpu_times()[:2]), time.perf_counter()
+    cpu_before, others_before, began = cpu_seconds([me]), cpu_seconds(front_ends), time.perf_counter()
     traces = [Trace(began) for _ in prompts]
     await asyncio.gather(*(send(p, t, output_len) for p, t in zip(prompts, traces, strict=False)))
     wall = time.perf_counter() - began
-    return summarize(traces, wall, sum(me.cpu_times()[:2]) - cpu_before)
+    result = summarize(traces, wall, cpu_seconds([me]) - cpu_before)
+    if front_ends:
+        result["other_front_ends_cpu_cores"] = round((cpu_seconds(front_ends) - others_before) / wall, 2)
+    return result
 
 
 # --- the four ways -------------------------------------------------------------------------------
@@ -241,13 +250,16 @@ class Results:
         return summary
 
 
-async def measure(name, send, args, results: Results, concurrencies: list[int], round_: int):
+async def measure(name, send, args, results: Results, concurrencies: list[int], round_: int,
+                  front_ends: list[psutil.Process] | None = None):
     # Each way, round and concurrency gets prompts of its own, so none finds another's in the prefix cache.
     seed = zlib.crc32(name.encode()) + 1000 * round_
-    if round_ == 0:
-        await wave(send, 8, 64, 16, seed=seed, vocab=args.vocab)  # warm-up: first-request work is not throughput
+    front_ends = front_ends or []
+    if round_ == 0:  # warm-up: first-request work is not throughput
+        await wave(send, 8 * (len(front_ends) + 1), 64, 16, seed=seed, vocab=args.vocab, front_ends=front_ends)
     for concurrency, label in zip(concurrencies, args.concurrency, strict=True):
-        result = await wave(send, concurrency, args.prompt_len, args.output_len, seed + concurrency, args.vocab)
+        result = await wave(send, concurrency, args.prompt_len, args.output_len, seed + concurrency, args.vocab,
+                            front_ends)
         results.add(label if label != "max" else f"max={concurrency}", name, round_, result)
 
 
@@ -268,19 +280,30 @@ async def in_process(args, results: Results):
     os.environ.update(engine_env(args.model))  # the engine's processes read the cache places from it
     # As the worker's process starts: FAST_BOOT's vLLM variables and the phases file go into os.environ.
     startup = environment.prepare(os.environ)
-    worker = worker_module.start(startup.env, startup)
-    handler = make_handler(worker, InFlight())
+    worker = worker_module.start(startup.env, startup, front_ends=True)  # as on Runpod (runpod_queue.serve)
+    in_flight = InFlight()
+    handler = make_handler(worker, in_flight)
+    front_ends = []
+    if worker.front_ends:  # API_SERVER_COUNT > 1: (b) and (c) spread over the front ends, (a) in this process
+        handler = worker.front_ends.balance(handler, in_flight)
+        worker.front_ends.listen(asyncio.get_running_loop())
+        while len(worker.front_ends.remotes) < worker.front_ends.count - 1:
+            await asyncio.sleep(0.5)
+        front_ends = [psutil.Process(p.pid) for p in worker.engine.front_ends]
     modes = {"a_direct": direct, "b_native": native, "c_openai": openai_chat}
     for interval in args.openai_stream_interval:  # vLLM's per-request stream_interval on (c)
         modes[f"c_openai_stream_interval_{interval}"] = lambda w, h, n=interval: openai_chat(w, h, n)
     sends = {name: make(worker, handler) for mode in args.modes for name, make in modes.items() if name[0] == mode}
     results.extra["max_num_seqs"] = worker.engine.max_num_seqs
     results.extra["stream_interval"] = worker.engine.args.stream_interval
+    results.extra["api_server_count"] = worker.engine.args.api_server_count or 1
     waves = concurrencies(args, worker.engine.max_num_seqs)
     for round_ in range(args.rounds):
         for name, send in sends.items():
-            await measure(name, send, args, results, waves, round_)
+            await measure(name, send, args, results, waves, round_, front_ends)
     worker.engine.shutdown()
+    if worker.front_ends:
+        worker.front_ends.close()
 
 
 @contextlib.asynccontextmanager
