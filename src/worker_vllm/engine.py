@@ -168,6 +168,8 @@ class Engine:
                               "client_count": count, "client_index": index}
                     if launch.tensor_queue is not None:
                         client["tensor_queue"] = launch.tensor_queue
+                    if launch.coordinator is not None:  # data parallelism: the engines' loads, to balance on
+                        client["stats_update_address"] = launch.coordinator.get_stats_publish_address()
                     clients.append(client)
                 self.front_ends = start_front_ends(clients[1:])
                 launch.watched_frontend_processes = self.front_ends  # one that dies fails the start
