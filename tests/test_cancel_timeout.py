@@ -121,3 +121,19 @@ def test_each_job_logs_one_line(run_job, caplog):
     assert lines[0].startswith("job log-me route=native prompt_tokens=")
     assert "output_tokens=7 ttft=" in lines[0] and lines[0].endswith("status=ok")
     assert lines[1].startswith("job log-bad route=native") and lines[1].endswith("status=error")
+
+
+def test_an_abort_that_comes_before_the_job_is_noted_still_aborts_it(engine_loop, worker):
+    """Another front end can get a job's abort (SIGTERM's drain) before the job's handler has noted
+    the job in its InFlight: the abort waits for the job, which then ends at once with the reason."""
+    from worker_vllm.jobs import InFlight
+    from worker_vllm.router import make_handler
+
+    in_flight = InFlight()
+    in_flight.abort("early", "the worker is shutting down")
+    job = {"id": "early", "input": {"prompt": "hello", "stream": True, "sampling_params": LONG}}
+    began = time.monotonic()
+    items = engine_loop.collect(make_handler(worker, in_flight)(job))
+    assert items[-1]["error"].startswith("the worker is shutting down; generation was aborted"), items[-1]
+    assert '"output": 0}' in items[-1]["error"] and time.monotonic() - began < 5
+    assert worker.engine.num_unfinished_requests() == 0

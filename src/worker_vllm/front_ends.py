@@ -237,8 +237,8 @@ async def _take_jobs(worker: "Worker", index: int, pool_address: str) -> None:
         if kind == "job":
             job_ids[key] = payload["id"]
             running[key] = asyncio.create_task(run(key, payload))
-        elif kind == "abort" and (job := in_flight.jobs.get(job_ids.get(key, ""))) is not None:
-            job.abort(payload)
+        elif kind == "abort" and key in job_ids:
+            in_flight.abort(job_ids[key], payload)
         elif kind == "cancel" and (task := running.get(key)) is not None:
             task.cancel()
     for task in running.values():

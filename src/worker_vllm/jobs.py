@@ -79,15 +79,26 @@ class InFlight:
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        self._aborted_early: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def add(self, job: Job) -> None:
         self.jobs[job.id] = job
+        if (reason := self._aborted_early.pop(job.id, None)) is not None:
+            job.abort(reason)
 
     def remove(self, job: Job) -> None:
         self.jobs.pop(job.id, None)
+
+    def abort(self, job_id: str, reason: str) -> None:
+        """Abort a job now, or as it is added: an abort can reach another front end before the job's
+        handler has noted the job there."""
+        if (job := self.jobs.get(job_id)) is not None:
+            job.abort(reason)
+        else:
+            self._aborted_early[job_id] = reason
 
     def abort_all(self, reason: str) -> None:
         for job in list(self.jobs.values()):
