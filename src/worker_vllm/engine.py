@@ -25,7 +25,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.engine.utils import bind_engine_zmq_listeners, launch_core_engines
+from vllm.v1.engine.utils import EngineZmqAddresses, get_engine_zmq_bind_addresses, launch_core_engines
 from vllm.v1.executor import Executor
 
 from worker_vllm import asgi
@@ -43,8 +43,8 @@ SERVING_LAYER = (
 )
 
 
-# Starts the other front-end processes, given the vLLM client config of each (picklable: its ZMQ
-# listeners are plain sockets); returns their processes.
+# Starts the other front-end processes, given the vLLM client config of each (the addresses its
+# sockets bind); returns their processes.
 StartFrontEnds = Callable[[list[dict[str, Any]]], list[BaseProcess]]
 
 
@@ -149,7 +149,14 @@ class Engine:
         the other front ends start while it loads. Returns this process's AsyncLLM."""
         if start_front_ends is None:
             raise ValueError(f"--api-server-count={count} needs the worker to start the other front ends")
-        listeners = bind_engine_zmq_listeners(self.vllm_config, count)
+        # Each front end binds its own sockets (IPC paths), and the engine core connects to them
+        # until they are there. vLLM's own way hands each front end a socket bound beforehand; with
+        # that, about one start in ten on 2 CPU cores left a front end's first question to the core
+        # unanswered for good, and on an H200 every late one waited 30 s.
+        addresses = get_engine_zmq_bind_addresses(self.vllm_config, count)
+        if not all(address.startswith("ipc://") for address in (*addresses.inputs, *addresses.outputs)):
+            raise ValueError(f"--api-server-count={count} needs the engine on this machine (data parallelism "
+                             "across machines is not supported)")
         connected: list[AsyncLLM | BaseException] = []
 
         def connect(client: dict[str, Any]) -> None:
@@ -160,11 +167,11 @@ class Engine:
 
         try:
             with launch_core_engines(self.vllm_config, Executor.get_class(self.vllm_config),
-                                     not self.args.disable_log_stats, listeners.addresses) as launch:
+                                     not self.args.disable_log_stats,
+                                     EngineZmqAddresses(inputs=addresses.inputs, outputs=addresses.outputs)) as launch:
                 clients = []
-                for index, (inputs, outputs) in enumerate(zip(listeners.inputs, listeners.outputs, strict=True)):
-                    client = {"input_address": inputs.address, "output_address": outputs.address,
-                              "input_listener": inputs.socket, "output_listener": outputs.socket,
+                for index, (inputs, outputs) in enumerate(zip(addresses.inputs, addresses.outputs, strict=True)):
+                    client = {"input_address": inputs, "output_address": outputs,
                               "client_count": count, "client_index": index}
                     if launch.tensor_queue is not None:
                         client["tensor_queue"] = launch.tensor_queue
@@ -173,11 +180,7 @@ class Engine:
                     clients.append(client)
                 self.front_ends = start_front_ends(clients[1:])
                 launch.watched_frontend_processes = self.front_ends  # one that dies fails the start
-                for listener in (*listeners.inputs[1:], *listeners.outputs[1:]):
-                    listener.close()  # the front end's process holds its own copy
-                # This process's client takes its sockets now, as the others do, not once the core is
-                # up: on an H200 (vLLM forks the core there) a client that joined after the core's
-                # start-up got the core's first message 30 s late, every time.
+                # This process's client binds its sockets now, as the others do, not once the core is up.
                 self.vllm_config.parallel_config._api_process_rank = 0
                 connecting = threading.Thread(target=connect, args=(clients[0],), name="engine-client", daemon=True)
                 connecting.start()
