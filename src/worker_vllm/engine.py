@@ -117,11 +117,10 @@ class Engine:
             # requests have none: with the worker's default of 4, every embedding request failed.
             self.vllm_config.scheduler_config.stream_interval = 1
         self.front_ends: list[BaseProcess] = []
-        self._engine_args = engine_args
         if count > 1:
-            self.llm = self._start_engine_core(count, start_front_ends)
+            self.llm = self._start_engine_core(engine_args, count, start_front_ends)
         else:
-            self.llm = self._connect(client)
+            self.llm = self._connect(engine_args, client)
         # vLLM re-reads its environment variables at each access unless told; its engine process
         # caches them after start-up, and so does this one: per generated token, the front end's
         # stats read one (1 in 8 of this process's samples on an H100 at 256 streams).
@@ -129,7 +128,7 @@ class Engine:
         self.app: FastAPI | None = None
         self._ready = asyncio.Lock()
 
-    def _connect(self, client: dict[str, Any] | None) -> AsyncLLM:
+    def _connect(self, engine_args: AsyncEngineArgs, client: dict[str, Any] | None) -> AsyncLLM:
         """AsyncLLM: it starts the engine core, or with `client` joins one another process started."""
         client = dict(client or {})
         # Built outside any event loop: AsyncLLM then binds to the loop of its first request,
@@ -137,14 +136,15 @@ class Engine:
         return AsyncLLM.from_vllm_config(
             vllm_config=self.vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
-            enable_log_requests=self._engine_args.enable_log_requests,
-            disable_log_stats=self._engine_args.disable_log_stats,
+            enable_log_requests=engine_args.enable_log_requests,
+            disable_log_stats=engine_args.disable_log_stats,
             client_addresses=client or None,
             client_count=client.pop("client_count", 1),
             client_index=client.pop("client_index", 0),
         )
 
-    def _start_engine_core(self, count: int, start_front_ends: StartFrontEnds | None) -> AsyncLLM:
+    def _start_engine_core(self, engine_args: AsyncEngineArgs, count: int,
+                           start_front_ends: StartFrontEnds | None) -> AsyncLLM:
         """vLLM's engine core for `count` front ends, as `vllm serve --api-server-count` starts it:
         the other front ends start while it loads. Returns this process's AsyncLLM."""
         if start_front_ends is None:
@@ -161,13 +161,13 @@ class Engine:
 
         def connect(client: dict[str, Any]) -> None:
             try:
-                connected.append(self._connect(client))
+                connected.append(self._connect(engine_args, client))
             except BaseException as e:  # noqa: BLE001 - raised in the main thread below
                 connected.append(e)
 
         try:
             with launch_core_engines(self.vllm_config, Executor.get_class(self.vllm_config),
-                                     not self.args.disable_log_stats,
+                                     not engine_args.disable_log_stats,
                                      EngineZmqAddresses(inputs=addresses.inputs, outputs=addresses.outputs)) as launch:
                 clients = []
                 for index, (inputs, outputs) in enumerate(zip(addresses.inputs, addresses.outputs, strict=True)):

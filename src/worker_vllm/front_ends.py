@@ -61,7 +61,7 @@ class Remote:
     def __init__(self, index: int, writer: asyncio.StreamWriter):
         self.index, self.writer = index, writer
         self.outputs: dict[int, asyncio.Queue[Item | None]] = {}  # each job's items, ended by None
-        self._keys = iter(range(2**62))
+        self._keys = itertools.count()
 
     async def run(self, job: dict[str, Any], current: Job) -> AsyncIterator[Item]:
         key = next(self._keys)
@@ -85,8 +85,12 @@ class Remote:
             _kind, key, item = message
             if (outputs := self.outputs.get(key)) is not None:
                 outputs.put_nowait(item)
+        self.fail(f"front-end process {self.index} exited while it served this job")
+
+    def fail(self, reason: str) -> None:
+        """End each job this process runs with an error item that gives `reason`."""
         for outputs in self.outputs.values():
-            outputs.put_nowait({"error": f"front-end process {self.index} exited while it served this job"})
+            outputs.put_nowait({"error": reason})
             outputs.put_nowait(None)
 
 
@@ -127,9 +131,7 @@ class Pool:
         watchdog, since their processes cannot see the engine core die."""
         def fail():
             for remote in self.remotes:
-                for outputs in remote.outputs.values():
-                    outputs.put_nowait({"error": reason})
-                    outputs.put_nowait(None)
+                remote.fail(reason)
 
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fail)
