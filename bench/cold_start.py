@@ -75,9 +75,8 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, *map(str, command)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/tmp")
-    if fake:  # the job done: stop the worker as Runpod does, with SIGTERM
-        threading.Thread(target=lambda: wait_for(lambda: fake.done or proc.poll() is not None, 600)
-                         and proc.poll() is None and proc.terminate(), daemon=True).start()
+    if fake:  # the job done: stop the worker as Runpod does, with SIGTERM; a start that hangs is killed
+        threading.Thread(target=stop_when_done, args=(proc, fake), daemon=True).start()
     if run == "load_balancer":  # as Runpod's load balancer sees it; then SIGTERM
         threading.Thread(target=lambda: result.update(load_balancer_timeline(proc, began)) or proc.terminate(),
                          daemon=True).start()
@@ -107,6 +106,13 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
         fake.close()
     result["kernel_jit_log_lines"] = jit_lines[:20]
     return result
+
+
+def stop_when_done(proc: subprocess.Popen, fake: FakeRunpod, deadline_s: float = 240) -> None:
+    if not wait_for(lambda: fake.done or proc.poll() is not None, deadline_s):
+        proc.kill()  # its log and result say how far it got; the next start goes on
+    elif proc.poll() is None:
+        proc.terminate()
 
 
 def load_balancer_timeline(proc: subprocess.Popen, began: float) -> dict:
