@@ -1,10 +1,11 @@
 """The environment a worker starts from: prepared once, written once, before vLLM is imported."""
 
 import json
+import os
 
 import pytest
 
-from worker_vllm.startup import environment, phases
+from worker_vllm.startup import environment, fitness, phases
 
 
 @pytest.fixture
@@ -80,3 +81,19 @@ def test_a_model_name_no_path_can_have_is_left_to_vllms_check(name):
     assert startup.prefetching is None and startup.env["MODEL_NAME"] == name
     if startup.downloading:  # a Hub repo id's shape: its download would be watched
         startup.downloading.stop()
+
+
+def test_the_sdks_start_up_checks_run_while_vllm_imports_and_are_marked_done_for_its_own_run(model):
+    environ = dict(os.environ) | {"MODEL_NAME": str(model), "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
+    startup = environment.prepare(environ, sdk_checks=True)
+    assert startup.checking is not None
+    assert {name: environ[name] for name in fitness.DONE} == fitness.DONE  # the SDK's own run skips them
+    assert startup.before_engine() >= 0.0  # they passed: no SystemExit
+    startup.engine_started()
+
+
+def test_the_sdks_start_up_checks_are_not_started_where_both_are_skipped(model):
+    environ = {"MODEL_NAME": str(model)} | fitness.DONE
+    startup = environment.prepare(environ, sdk_checks=True)
+    assert startup.checking is None
+    startup.engine_started()

@@ -51,6 +51,10 @@ def test_vllm_phase_records_are_noted_and_summed_up(phases_file, log):
     assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (weight load 3.8 s, "
                     "torch.compile 20.5 s, CUDA graphs 6.0 s, KV cache profiling and warm-up 4.5 s); "
                     "ready 60.2 s after process start")
+    # A wait for the runpod SDK's checks (startup.fitness) is named, and is not the engine's.
+    assert phases.summary(25.0, 0.25, 35.0, {}, checks=1.5) == (
+        "startup: process and imports 25.0 s, config 0.2 s, runpod SDK checks 1.5 s, engine 35.0 s; "
+        "ready 61.8 s after process start")
 
 
 def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records(phases_file, log, monkeypatch):

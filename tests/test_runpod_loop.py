@@ -84,5 +84,28 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
     assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s "
                      r"\(engine process start [1-9][\d.]* s, worker start [\d.]+ s, weight load [\d.]+ s, "
                      r"KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]
+    # The SDK's start-up checks ran in a child process while vLLM imported (here it found no GPU),
+    # and the SDK's own run, once the engine was up, skipped them.
+    assert log.index("No GPU detected, skipping GPU fitness check registration") < log.index(
+        "the runpod SDK's start-up checks passed in") < log.index("startup: process")
+    assert log.index("ready: model") < log.index("GPU fitness check auto-registration disabled via environment")
     for name, value in SECRETS.items():
         assert value not in log, f"{name} leaked into the worker's log"
+
+
+def test_a_failed_sdk_check_stops_the_worker_before_the_model_loads(tmp_path):
+    # The SDK's system checks, on: memory comes first, and its failure ends them (no network check).
+    fake = FakeRunpod([])
+    proc, log_path = start_worker(fake, tmp_path, {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "false",
+                                                   "RUNPOD_MIN_MEMORY_GB": "1000000"})
+    try:
+        assert proc.wait(timeout=120) == 1
+    finally:
+        proc.kill()
+        fake.close()
+    log = log_path.read_text()
+    assert "Fitness check failed: _memory_check | RuntimeError: Insufficient memory" in log, log[-3000:]
+    assert log.strip().splitlines()[-1] == ("startup failed: the runpod SDK's start-up checks failed (exit code 1); "
+                                            "the lines above say which check and why"), log[-3000:]
+    assert "_network_check" not in log and "Initializing a V1 LLM engine" not in log, log[-3000:]
+    assert fake.batch_sizes == []  # no job was asked for

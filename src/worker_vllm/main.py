@@ -32,8 +32,11 @@ def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> Non
     if local and job is None:
         sys.exit("Nothing to run: pass --test_input '{\"input\": {...}}' or create test_input.json "
                  "(for a local endpoint, run src/serve.py)")
-    # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported.
-    startup = environment.prepare(environ, probe_cpu=not local, front_end=() if local else QUEUE_FRONT_END)
+    # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported, and
+    # its start-up checks where it would run them: in its production loop.
+    production = not local and "--rp_serve_api" not in argv and bool(environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+    startup = environment.prepare(environ, probe_cpu=not local, sdk_checks=production,
+                                  front_end=() if local else QUEUE_FRONT_END)
     worker = start_or_exit(startup, front_ends=not local)
     try:
         if job is not None:

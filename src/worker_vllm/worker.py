@@ -44,8 +44,7 @@ def start(env: Mapping[str, str], startup: Startup | None = None, front_ends: bo
     if settings.embedded_model:
         log.warning("MODEL_NAME is not set: serving the embedded tiny random model (for local runs)")
     configured = time.monotonic()
-    if startup:
-        startup.before_engine(engine.prepare_serving)
+    checks = startup.before_engine(engine.prepare_serving) if startup else 0.0
     pool = None
     if (count := settings.engine_args.api_server_count or 1) > 1:
         if front_ends:
@@ -62,5 +61,5 @@ def start(env: Mapping[str, str], startup: Startup | None = None, front_ends: bo
     finally:
         found = startup.engine_started(engine_began) if startup else {}
     done = time.monotonic()
-    log.info(phases.summary(imports, configured - began, done - configured, found))
+    log.info(phases.summary(imports, configured - began, done - configured - checks, found, checks))
     return started

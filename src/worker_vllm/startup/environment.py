@@ -20,6 +20,7 @@ from worker_vllm.startup import (
     cpu_probe,
     download,
     during_engine_start,
+    fitness,
     phases,
     plugins,
     prefetch,
@@ -35,17 +36,22 @@ class Startup:
     caches: str  # where the kernel caches go, for the log
     prefetching: prefetch.Prefetch | None = None
     probing: threading.Thread | None = None
+    checking: fitness.Checks | None = None
     downloading: download.Progress | None = None
     failures: list[dict] = field(default_factory=list)  # what vLLM's processes logged as they failed
     front_end: tuple[str, ...] = ()  # the modules that serve jobs once the engine is up
 
-    def before_engine(self, prepare_serving: Callable[[Sequence[str]], None] | None = None) -> None:
-        """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks.
-        `prepare_serving(front_end)` runs while the engine starts (startup.during_engine_start)."""
+    def before_engine(self, prepare_serving: Callable[[Sequence[str]], None] | None = None) -> float:
+        """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks, and
+        the runpod SDK's checks before the engine uses the GPUs (SystemExit if one failed); the
+        seconds waited for the checks. `prepare_serving(front_end)` runs while the engine starts
+        (startup.during_engine_start)."""
         if self.probing:
             self.probing.join()
+        waited = self.checking.wait() if self.checking else 0.0
         if prepare_serving:
             during_engine_start.after_next_fork(lambda: prepare_serving(self.front_end), "prepared the serving layer")
+        return waited
 
     def engine_started(self, began: float | None = None) -> dict[str, float]:
         """Stop the prefetch; the seconds each engine phase took, as vLLM's processes logged them
@@ -60,10 +66,12 @@ class Startup:
         return found
 
 
-def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, front_end: Sequence[str] = ()) -> Startup:
+def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, sdk_checks: bool = False,
+            front_end: Sequence[str] = ()) -> Startup:
     """Fill in the baked model and the cache places, write the additions to `environ`, and start
-    reading the weights (and, if `probe_cpu`, the runpod SDK's CPU probe) while vLLM imports.
-    `front_end`: the modules that will serve jobs, imported while the engine starts."""
+    reading the weights (and, if `probe_cpu`, the runpod SDK's CPU probe; if `sdk_checks`, its
+    start-up checks) while vLLM imports. `front_end`: the modules that will serve jobs, imported
+    while the engine starts."""
     env = baked.apply(environ)
     try:
         own = config.worker_settings(env)
@@ -79,10 +87,13 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, front
         # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
         "RUNPOD_LOG_LEVEL": env.get("RUNPOD_LOG_LEVEL") or "INFO",
     }
+    checking = fitness.start(dict(environ) | additions) if sdk_checks else None
+    if checking:
+        additions |= fitness.DONE  # for the SDK's own run, once the engine is up
     environ.update(additions)
     env |= additions
     caches.seed(env, caches.gpu_arch)
     reading = prefetch.start(env) if own and own.prefetch_weights else None
     return Startup(env, Path(phases_file), caches.describe(env, places, volume), reading,
-                   cpu_probe.start() if probe_cpu else None, None if reading else download.start(env),
-                   front_end=tuple(front_end))
+                   cpu_probe.start() if probe_cpu else None, checking,
+                   None if reading else download.start(env), front_end=tuple(front_end))

@@ -113,7 +113,10 @@ def engine_phases(path: Path, engine_began: float | None = None) -> dict[str, fl
     return phases
 
 
-def summary(imports: float, config: float, engine: float, phases: dict[str, float]) -> str:
+def summary(imports: float, config: float, engine: float, phases: dict[str, float], checks: float = 0.0) -> str:
+    """The start-up line; `checks`: what the engine waited for the runpod SDK's checks (startup.fitness)."""
     inside = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
-    return (f"startup: process and imports {imports:.1f} s, config {config:.1f} s, engine {engine:.1f} s"
-            + (f" ({inside})" if inside else "") + f"; ready {imports + config + engine:.1f} s after process start")
+    waited = f", runpod SDK checks {checks:.1f} s" if checks >= 0.05 else ""
+    ready = imports + config + checks + engine
+    return (f"startup: process and imports {imports:.1f} s, config {config:.1f} s{waited}, engine {engine:.1f} s"
+            + (f" ({inside})" if inside else "") + f"; ready {ready:.1f} s after process start")
