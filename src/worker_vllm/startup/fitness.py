@@ -29,14 +29,21 @@ CHECKS = ("import asyncio, cpuinfo; cpuinfo.get_cpu_info = lambda: {'brand_raw':
 
 
 class Checks:
-    """The SDK's checks, running in a child process that logs to this process's output."""
+    """The SDK's checks, running in a child process whose lines this process writes out."""
 
     def __init__(self, env: Mapping[str, str]):
         began = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-c", CHECKS], env=dict(env))
+        process = subprocess.Popen([sys.executable, "-c", CHECKS], env=dict(env), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._ended: list[tuple[int, float]] = []  # the exit code, and the seconds the checks took
-        self._watch = threading.Thread(target=lambda: self._ended.append((process.wait(), time.monotonic() - began)),
-                                       name="sdk-checks", daemon=True)
+
+        def watch() -> None:
+            assert process.stdout
+            for line in process.stdout:  # through this process's stdout, which masks secrets (redact.py)
+                sys.stdout.write(line)
+            self._ended.append((process.wait(), time.monotonic() - began))
+
+        self._watch = threading.Thread(target=watch, name="sdk-checks", daemon=True)
         self._watch.start()
 
     def wait(self) -> float:
