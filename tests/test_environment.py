@@ -97,3 +97,12 @@ def test_the_sdks_start_up_checks_are_not_started_where_both_are_skipped(model):
     startup = environment.prepare(environ, sdk_checks=True)
     assert startup.checking is None
     startup.engine_started()
+
+
+def test_sdk_checks_that_hang_stop_the_worker_with_a_line_that_says_so():
+    checks = fitness.Checks(os.environ, command="import time; print('checking', flush=True); time.sleep(60)")
+    with pytest.raises(SystemExit) as exit_:
+        checks.wait(timeout=3)
+    assert str(exit_.value.code).startswith("startup failed: the runpod SDK's start-up checks did not finish in 3 s")
+    checks._watch.join(5)  # the child was killed: its output ended
+    assert not checks._watch.is_alive()

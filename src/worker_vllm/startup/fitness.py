@@ -21,6 +21,9 @@ log = logging.getLogger("worker")
 
 # What makes the SDK's own run skip them: its system checks and its GPU check.
 DONE = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
+# Far longer than the checks take: the SDK's own timeouts add up to about a minute, but one of its
+# nvidia-smi calls has none, and nvidia-smi can hang on a GPU in a bad state.
+TIMEOUT = 300.0
 # `import runpod` asks py-cpuinfo for the CPU's name, timing the CPU for a second; the checks
 # never use the answer.
 CHECKS = ("import asyncio, cpuinfo; cpuinfo.get_cpu_info = lambda: {'brand_raw': ''}; "
@@ -31,10 +34,10 @@ CHECKS = ("import asyncio, cpuinfo; cpuinfo.get_cpu_info = lambda: {'brand_raw':
 class Checks:
     """The SDK's checks, running in a child process whose lines this process writes out."""
 
-    def __init__(self, env: Mapping[str, str]):
+    def __init__(self, env: Mapping[str, str], command: str = CHECKS):
         began = time.monotonic()
-        process = subprocess.Popen([sys.executable, "-c", CHECKS], env=dict(env), text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._process = process = subprocess.Popen([sys.executable, "-c", command], env=dict(env), text=True,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._ended: list[tuple[int, float]] = []  # the exit code, and the seconds the checks took
 
         def watch() -> None:
@@ -46,12 +49,16 @@ class Checks:
         self._watch = threading.Thread(target=watch, name="sdk-checks", daemon=True)
         self._watch.start()
 
-    def wait(self) -> float:
+    def wait(self, timeout: float = TIMEOUT) -> float:
         """Wait for the checks; the seconds waited. SystemExit, with the SDK's reason above it in
-        the log, if one failed."""
+        the log, if one failed, or if they have not finished `timeout` seconds into the wait."""
         waiting = time.monotonic()
-        self._watch.join()
+        self._watch.join(timeout)
         waited = time.monotonic() - waiting
+        if not self._ended:
+            self._process.kill()
+            raise SystemExit(f"startup failed: the runpod SDK's start-up checks did not finish in {waited:.0f} s"
+                             "; the lines above say how far they got (nvidia-smi can hang on a GPU in a bad state)")
         code, took = self._ended[0]
         if code != 0:
             raise SystemExit(f"startup failed: the runpod SDK's start-up checks failed (exit code {code}); "
