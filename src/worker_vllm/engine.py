@@ -185,13 +185,12 @@ class Engine:
                 connecting = threading.Thread(target=connect, args=(clients[0],), name="engine-client", daemon=True)
                 connecting.start()
             connecting.join()
+            llm = connected[0]
+            if isinstance(llm, BaseException):
+                raise llm
         except BaseException:
             self._stop_front_ends()
             raise
-        llm = connected[0]
-        if isinstance(llm, BaseException):
-            self._stop_front_ends()
-            raise llm
         # As when AsyncLLM starts the engine core itself: it watches the core, marks itself dead when
         # the core exits, and stops the core at shutdown.
         llm.engine_core.resources.engine_manager = launch.engine_manager

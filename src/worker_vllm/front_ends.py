@@ -220,8 +220,7 @@ async def _take_jobs(worker: "Worker", index: int, pool_address: str) -> None:
             await asyncio.sleep(CONNECT_RETRY)
     in_flight = InFlight()
     handler = make_handler(worker, in_flight)
-    running: dict[int, asyncio.Task] = {}
-    job_ids: dict[int, str] = {}
+    running: dict[int, tuple[asyncio.Task, str]] = {}  # each job's task and id, by its key
 
     async def run(key: int, job: dict[str, Any]) -> None:
         try:
@@ -229,7 +228,6 @@ async def _take_jobs(worker: "Worker", index: int, pool_address: str) -> None:
                 await send(writer, ("item", key, item))
         finally:
             running.pop(key, None)
-            job_ids.pop(key, None)
             with contextlib.suppress(ConnectionError):
                 await send(writer, ("end", key, None))
 
@@ -237,11 +235,12 @@ async def _take_jobs(worker: "Worker", index: int, pool_address: str) -> None:
     while (message := await receive(reader)) is not None:
         kind, key, payload = message
         if kind == "job":
-            job_ids[key] = payload["id"]
-            running[key] = asyncio.create_task(run(key, payload))
-        elif kind == "abort" and key in job_ids:
-            in_flight.abort(job_ids[key], payload)
-        elif kind == "cancel" and (task := running.get(key)) is not None:
-            task.cancel()
-    for task in running.values():
+            running[key] = asyncio.create_task(run(key, payload)), payload["id"]
+        elif (job := running.get(key)) is None:
+            continue  # an abort or a cancel for a job that has ended
+        elif kind == "abort":
+            in_flight.abort(job[1], payload)
+        elif kind == "cancel":
+            job[0].cancel()
+    for task, _job_id in running.values():
         task.cancel()
