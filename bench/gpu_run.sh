@@ -31,6 +31,8 @@
 #                             REV src | tar -x -C .gpu/prev) and with this one. Results in start_compare.json
 #                             (per kind of start, the median and range of the seconds to the first token), logs in
 #                             start_compare_logs.tgz
+#   disk_read [DISK_READ_ARGS]  the weight prefetch's read speed by thread count, 15 GiB of real weights out of
+#                             the page cache (bench/disk_read.py)
 #   triton_image              as the image has it: builder/triton_kernels.jsonl built for sm_90 and sm_80, then one
 #                             empty FAST_BOOT start (dummy weights): what it still built, and the architectures the
 #                             worker copied to the volume (this GPU's only)
@@ -247,6 +249,7 @@ case "$part" in
   triton_compare) need_vllm; triton_compare "$@" ;;
   triton_image) need_vllm; triton_image ;;
   start_compare) need_vllm; start_compare "$@" ;;
+  disk_read) need_vllm; weights; python3 bench/disk_read.py "$MODEL" --out "$OUT" "$@" ;;
   fastboot_cost)
     need_vllm
     throughput default_a --modes a "$@"

@@ -18,7 +18,7 @@ def model(tmp_path):
 def prepared(environ: dict) -> environment.Startup:
     startup = environment.prepare(environ)
     if startup.prefetching:
-        startup.prefetching._thread.join(30)
+        startup.prefetching.wait(30)
     return startup
 
 

@@ -37,15 +37,29 @@ def test_local_folder_is_the_path_or_the_hub_cache_snapshot(tmp_path):
 def test_reads_every_file_up_to_the_budget_and_logs_it(tmp_path, caplog):
     files = [write(tmp_path / f"{i}.safetensors", 3 * prefetch.CHUNK) for i in range(2)]
     reading = prefetch.Prefetch(files, budget=10 * prefetch.CHUNK)
-    reading._thread.join(30)  # all read
+    reading.wait(30)  # all read
     with caplog.at_level(logging.INFO, logger="worker"):
         reading.stop()
     assert reading.bytes_read == 6 * prefetch.CHUNK
     assert "prefetch: 0.09 of 0.09 GiB of weights read into memory" in caplog.text
 
     capped = prefetch.Prefetch(files, budget=prefetch.CHUNK)
-    capped._thread.join(30)
+    capped.wait(30)
     assert capped.bytes_read == prefetch.CHUNK
+
+
+def test_pieces_follow_the_files_in_order_up_to_the_budget(tmp_path):
+    files = [write(tmp_path / "a.safetensors", 250), write(tmp_path / "b.safetensors", 100)]
+    assert list(prefetch.segments(files, budget=1000, size=100)) == [
+        (files[0], 0, 100), (files[0], 100, 100), (files[0], 200, 50), (files[1], 0, 100)]
+    assert list(prefetch.segments(files, budget=120, size=100)) == [(files[0], 0, 100), (files[0], 100, 20)]
+
+
+def test_threads_read_every_byte_once(tmp_path):
+    files = [write(tmp_path / f"{i}.safetensors", 1000 + i) for i in range(9)]
+    reading = prefetch.Prefetch(files, budget=1 << 40, threads=4)
+    reading.wait(30)
+    assert reading.bytes_read == reading.total == 9036
 
 
 def test_a_file_it_cannot_read_ends_the_reading_not_the_start(tmp_path, caplog):
@@ -59,7 +73,7 @@ def test_a_file_it_cannot_read_ends_the_reading_not_the_start(tmp_path, caplog):
 def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
     write(tmp_path / "model.safetensors", 100)
     reading = prefetch.start({"MODEL_NAME": str(tmp_path)})
-    reading._thread.join(30)
+    reading.wait(30)
     assert reading.bytes_read == 100
     assert prefetch.start({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "dummy"}) is None
     assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
@@ -70,7 +84,7 @@ def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
 def test_a_model_in_one_file_is_read_too(tmp_path):
     gguf = write(tmp_path / "chat-7b-Q4_K_M.gguf", 100)
     reading = prefetch.start({"MODEL_NAME": str(gguf)})
-    reading._thread.join(30)
+    reading.wait(30)
     assert reading.files == [gguf] and reading.bytes_read == 100
 
 

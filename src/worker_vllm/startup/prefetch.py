@@ -1,20 +1,20 @@
 """Reads the model's weight files into memory while the worker imports vLLM and starts its engine.
 
 Importing vLLM takes 10-30 s of CPU and leaves the disk idle, and the engine's process then spends
-seconds on CUDA before its loader reads a byte. Meanwhile a thread reads the weights that are
+seconds on CUDA before its loader reads a byte. Meanwhile threads read the weights that are
 already on this machine (a local folder or GGUF file, a baked model, or a Hub model in the
 volume's cache), so that vLLM's loader finds them in the page cache. The worker stops it once the
 engine is up.
 
-The thread may run while vLLM forks its engine process: it holds no lock there, only a file that
-it reads with no buffer (the child gets the open descriptor and never uses it).
+The threads may run while vLLM forks its engine process: the child never uses their lock or the
+files they read with no buffer (it gets the open descriptors and leaves them alone).
 """
 
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -23,6 +23,8 @@ from worker_vllm import config
 
 log = logging.getLogger("worker")
 CHUNK = 16 << 20
+SEGMENT = 64 << 20  # what one thread reads before it takes the next piece
+THREADS = 8
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -43,33 +45,68 @@ def local_folder(model: str, revision: str | None = None, cache_dir: str | None 
     return Path(cached).parent if isinstance(cached, str) else None
 
 
-class Prefetch:
-    """Reads `files` in a thread, in order, up to `budget` bytes."""
+def segments(files: list[Path], budget: int, size: int = SEGMENT) -> Iterator[tuple[Path, int, int]]:
+    """(file, offset, length) pieces of `files` in the order vLLM loads them, `budget` bytes in all."""
+    for path in files:
+        file_size = path.stat().st_size
+        for offset in range(0, file_size, size):
+            length = min(size, file_size - offset, budget)
+            if length <= 0:
+                return
+            yield path, offset, length
+            budget -= length
 
-    def __init__(self, files: list[Path], budget: int):
-        self.files, self.budget, self.bytes_read = files, budget, 0
+
+class Prefetch:
+    """Reads `files` up to `budget` bytes, in `threads` threads that take the next piece in turn.
+
+    One reader leaves a fast disk idle between its requests; several keep more of them in flight."""
+
+    def __init__(self, files: list[Path], budget: int, threads: int = THREADS):
+        self.files, self.bytes_read = files, 0
         self.total = sum(path.stat().st_size for path in files)
+        self._pieces = segments(files, budget)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._began = time.monotonic()
-        self._thread = threading.Thread(target=self._read, name="weight-prefetch", daemon=True)
-        self._thread.start()
+        self._seconds = 0.0
+        self._threads = [threading.Thread(target=self._read, name=f"weight-prefetch-{i}", daemon=True)
+                         for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _next(self) -> tuple[Path, int, int] | None:
+        with self._lock:
+            return None if self._stop.is_set() else next(self._pieces, None)
 
     def _read(self):
-        buffer = bytearray(CHUNK)  # readinto releases the GIL while the disk works
+        buffer = memoryview(bytearray(CHUNK))  # readinto releases the GIL while the disk works
         try:
-            for path in self.files:
+            while piece := self._next():
+                path, offset, length = piece
                 with open(path, "rb", buffering=0) as f:
-                    while self.bytes_read < self.budget and not self._stop.is_set() and (n := f.readinto(buffer)):
-                        self.bytes_read += n
+                    f.seek(offset)
+                    while length and not self._stop.is_set() and (n := f.readinto(buffer[:min(CHUNK, length)])):
+                        length -= n
+                        with self._lock:
+                            self.bytes_read += n
         except OSError as e:  # vLLM will say what is wrong with the file, if anything
+            self._stop.set()
             log.warning("prefetch: stopped reading weights: %s", e)
         finally:
-            self._seconds = time.monotonic() - self._began
+            with self._lock:
+                self._seconds = time.monotonic() - self._began
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until every piece is read (or `timeout` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         """Stop reading, if it has not finished, and log what was read."""
         self._stop.set()
-        self._thread.join()
+        self.wait()
         log.info("prefetch: %.2f of %.2f GiB of weights read into memory in %.1f s",
                  self.bytes_read / 2**30, self.total / 2**30, self._seconds)
 
