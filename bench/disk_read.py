@@ -56,7 +56,7 @@ def main():
         print(f"{n} threads: {row['median_gb_s']} GB/s [{min(row['gb_s'])}-{max(row['gb_s'])}]")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "disk_read.json").write_text(json.dumps(
-        {"files": len(files), "bytes": total, "segment_bytes": prefetch.SEGMENT, "chunk_bytes": prefetch.CHUNK,
+        {"files": len(files), "bytes": total, "piece_bytes": prefetch.PIECE,
          "rounds": args.rounds, "threads": summary}, indent=2))
 
 

@@ -4,6 +4,8 @@ import logging
 
 from worker_vllm.startup import prefetch
 
+MIB = 1 << 20
+
 
 def write(path, size: int):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,24 +37,24 @@ def test_local_folder_is_the_path_or_the_hub_cache_snapshot(tmp_path):
 
 
 def test_reads_every_file_up_to_the_budget_and_logs_it(tmp_path, caplog):
-    files = [write(tmp_path / f"{i}.safetensors", 3 * prefetch.CHUNK) for i in range(2)]
-    reading = prefetch.Prefetch(files, budget=10 * prefetch.CHUNK)
+    files = [write(tmp_path / f"{i}.safetensors", 3 * MIB) for i in range(2)]
+    reading = prefetch.Prefetch(files, budget=10 * MIB)
     reading.wait(30)  # all read
     with caplog.at_level(logging.INFO, logger="worker"):
         reading.stop()
-    assert reading.bytes_read == 6 * prefetch.CHUNK
-    assert "prefetch: 0.09 of 0.09 GiB of weights read into memory" in caplog.text
+    assert reading.bytes_read == 6 * MIB
+    assert "prefetch: 0.01 of 0.01 GiB of weights read into memory" in caplog.text
 
-    capped = prefetch.Prefetch(files, budget=prefetch.CHUNK)
+    capped = prefetch.Prefetch(files, budget=MIB)
     capped.wait(30)
-    assert capped.bytes_read == prefetch.CHUNK
+    assert capped.bytes_read == MIB
 
 
 def test_pieces_follow_the_files_in_order_up_to_the_budget(tmp_path):
     files = [write(tmp_path / "a.safetensors", 250), write(tmp_path / "b.safetensors", 100)]
-    assert list(prefetch.segments(files, budget=1000, size=100)) == [
+    assert list(prefetch.pieces(files, budget=1000, size=100)) == [
         (files[0], 0, 100), (files[0], 100, 100), (files[0], 200, 50), (files[1], 0, 100)]
-    assert list(prefetch.segments(files, budget=120, size=100)) == [(files[0], 0, 100), (files[0], 100, 20)]
+    assert list(prefetch.pieces(files, budget=120, size=100)) == [(files[0], 0, 100), (files[0], 100, 20)]
 
 
 def test_threads_read_every_byte_once(tmp_path):
@@ -63,7 +65,7 @@ def test_threads_read_every_byte_once(tmp_path):
 
 
 def test_a_file_it_cannot_read_ends_the_reading_not_the_start(tmp_path, caplog):
-    broken = prefetch.Prefetch([tmp_path], budget=prefetch.CHUNK)  # a folder: open() fails
+    broken = prefetch.Prefetch([tmp_path], budget=MIB)  # a folder: open() fails
     with caplog.at_level(logging.INFO, logger="worker"):
         broken.stop()
     assert broken.bytes_read == 0

@@ -6,8 +6,9 @@ already on this machine (a local folder or GGUF file, a baked model, or a Hub mo
 volume's cache), so that vLLM's loader finds them in the page cache. The worker stops it once the
 engine is up.
 
-The threads may run while vLLM forks its engine process: the child never uses their lock or the
-files they read with no buffer (it gets the open descriptors and leaves them alone).
+Each piece goes from the file to /dev/null with sendfile: the kernel fills the page cache without
+copying a byte to Python or holding the GIL, so the imports keep their CPU. The threads may run
+while vLLM forks its engine process: the child never uses their lock or their open files.
 """
 
 import logging
@@ -22,8 +23,7 @@ import psutil
 from worker_vllm import config
 
 log = logging.getLogger("worker")
-CHUNK = 16 << 20
-SEGMENT = 64 << 20  # what one thread reads before it takes the next piece
+PIECE = 64 << 20  # what one thread reads before it takes the next piece
 THREADS = 8
 
 
@@ -45,7 +45,7 @@ def local_folder(model: str, revision: str | None = None, cache_dir: str | None 
     return Path(cached).parent if isinstance(cached, str) else None
 
 
-def segments(files: list[Path], budget: int, size: int = SEGMENT) -> Iterator[tuple[Path, int, int]]:
+def pieces(files: list[Path], budget: int, size: int = PIECE) -> Iterator[tuple[Path, int, int]]:
     """(file, offset, length) pieces of `files` in the order vLLM loads them, `budget` bytes in all."""
     for path in files:
         file_size = path.stat().st_size
@@ -65,7 +65,7 @@ class Prefetch:
     def __init__(self, files: list[Path], budget: int, threads: int = THREADS):
         self.files, self.bytes_read = files, 0
         self.total = sum(path.stat().st_size for path in files)
-        self._pieces = segments(files, budget)
+        self._pieces = pieces(files, budget)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._began = time.monotonic()
@@ -80,16 +80,15 @@ class Prefetch:
             return None if self._stop.is_set() else next(self._pieces, None)
 
     def _read(self):
-        buffer = memoryview(bytearray(CHUNK))  # readinto releases the GIL while the disk works
         try:
-            while piece := self._next():
-                path, offset, length = piece
-                with open(path, "rb", buffering=0) as f:
-                    f.seek(offset)
-                    while length and not self._stop.is_set() and (n := f.readinto(buffer[:min(CHUNK, length)])):
-                        length -= n
-                        with self._lock:
-                            self.bytes_read += n
+            with open(os.devnull, "wb") as null:
+                while piece := self._next():
+                    path, offset, length = piece
+                    with open(path, "rb", buffering=0) as f:  # into the page cache and on to /dev/null: no copy, no GIL
+                        while length and (n := os.sendfile(null.fileno(), f.fileno(), offset, length)):
+                            offset, length = offset + n, length - n
+                            with self._lock:
+                                self.bytes_read += n
         except OSError as e:  # vLLM will say what is wrong with the file, if anything
             self._stop.set()
             log.warning("prefetch: stopped reading weights: %s", e)
