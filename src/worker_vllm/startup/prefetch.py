@@ -24,6 +24,7 @@ from worker_vllm import config
 
 log = logging.getLogger("worker")
 PIECE = 64 << 20  # what one thread reads before it takes the next piece
+CHUNK = 16 << 20  # what one call reads: how long stop() may wait for a thread
 THREADS = 8
 
 
@@ -85,7 +86,8 @@ class Prefetch:
                 while piece := self._next():
                     path, offset, length = piece
                     with open(path, "rb", buffering=0) as f:  # into the page cache and on to /dev/null: no copy, no GIL
-                        while length and (n := os.sendfile(null.fileno(), f.fileno(), offset, length)):
+                        while length and not self._stop.is_set() and \
+                                (n := os.sendfile(null.fileno(), f.fileno(), offset, min(length, CHUNK))):
                             offset, length = offset + n, length - n
                             with self._lock:
                                 self.bytes_read += n
