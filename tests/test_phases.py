@@ -12,9 +12,10 @@ from helpers import ROOT
 from worker_vllm.startup import phases
 
 VLLM_LINES = [  # as vLLM 0.32 logs them on a GPU, from two tensor-parallel workers
+    "Initializing model took 0.500000 seconds",
+    "Loading weights took 2.10 seconds",
     "Model loading took 7.5 GiB memory and 3.25 seconds",
     "Model loading took 7.5 GiB memory and 3.75 seconds",
-    "Loading weights took 2.10 seconds",
     "torch.compile took 20.50 s in total",
     "Graph capturing finished in 6 secs, took 0.53 GiB",
     "init engine (profile, create kv cache, warmup model) took 31.00 s (compilation: 20.50 s)",
@@ -45,16 +46,24 @@ def test_vllm_phase_records_are_noted_and_summed_up(phases_file, log):
     logging.getLogger("somebody.else").warning("Loading weights took 99 seconds")  # not vLLM's
 
     found = phases.engine_phases(phases_file)
-    assert found == {"weight load": 3.75, "torch.compile": 20.5, "CUDA graphs": 6.0,
-                      "KV cache profiling and warm-up": 4.5}
+    # vLLM's model load is split: building the model, its weights, and what came after them.
+    assert found == pytest.approx({"model build": 0.5, "weight load": 2.1, "weight processing": 1.15,
+                                   "torch.compile": 20.5, "CUDA graphs": 6.0, "KV cache profiling and warm-up": 4.5})
+    assert list(found)[:3] == ["model build", "weight load", "weight processing"]
     line = phases.summary(25.0, 0.25, 35.0, found)
-    assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (weight load 3.8 s, "
-                    "torch.compile 20.5 s, CUDA graphs 6.0 s, KV cache profiling and warm-up 4.5 s); "
-                    "ready 60.2 s after process start")
+    assert line == ("startup: process and imports 25.0 s, config 0.2 s, engine 35.0 s (model build 0.5 s, "
+                    "weight load 2.1 s, weight processing 1.1 s, torch.compile 20.5 s, CUDA graphs 6.0 s, "
+                    "KV cache profiling and warm-up 4.5 s); ready 60.2 s after process start")
     # A wait for the runpod SDK's checks (startup.fitness) is named, and is not the engine's.
     assert phases.summary(25.0, 0.25, 35.0, {}, checks=1.5) == (
         "startup: process and imports 25.0 s, config 0.2 s, runpod SDK checks 1.5 s, engine 35.0 s; "
         "ready 61.8 s after process start")
+
+
+def test_a_loader_that_logs_no_weights_line_has_its_model_load_named_weight_load(phases_file, log):
+    log.info("Initializing model took 1.000000 seconds")
+    log.info("Model loading took 15.0 GiB memory and 6.500000 seconds")
+    assert phases.engine_phases(phases_file) == {"model build": 1.0, "weight load": 5.5}
 
 
 def test_the_engine_and_worker_process_starts_are_timed_from_their_first_records(phases_file, log, monkeypatch):

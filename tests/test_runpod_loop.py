@@ -82,7 +82,8 @@ def test_production_loop_streams_reports_and_keeps_secrets_out_of_logs(tmp_path)
     # Where start-up time went, with the phases vLLM's engine process reported (on CPU: no compile, no
     # graphs), after the starts of its two processes (the engine's and its model worker's).
     assert re.search(r"startup: process and imports [\d.]+ s, config [\d.]+ s, engine [\d.]+ s "
-                     r"\(engine process start [1-9][\d.]* s, worker start [\d.]+ s, weight load [\d.]+ s, "
+                     r"\(engine process start [1-9][\d.]* s, worker start [\d.]+ s, model build [\d.]+ s, "
+                     r"weight load [\d.]+ s, "
                      r"KV cache profiling and warm-up [\d.]+ s\); ready [\d.]+ s", log), log[-3000:]
     # The SDK's start-up checks ran in a child process while vLLM imported (here it found no GPU),
     # and the SDK's own run, once the engine was up, skipped them.

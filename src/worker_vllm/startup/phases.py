@@ -15,12 +15,12 @@ from pathlib import Path
 
 FILE_ENV = "WORKER_STARTUP_PHASES_FILE"
 FAILURE = "failure"  # a note of an exception, next to the phases
-# vLLM 0.32's log messages, by phase; where two fit one phase, the longer wins. A message vLLM
-# no longer logs leaves its phase out.
+# vLLM 0.32's log messages, by phase. A message vLLM no longer logs leaves its phase out.
 ENGINE_PHASES = [
     ("weight download", re.compile(r"Time spent downloading weights for .*: ([\d.]+) seconds")),
-    ("weight load", re.compile(r"Model loading took [\d.]+ GiB (?:memory )?and ([\d.]+) seconds")),  # GPU
-    ("weight load", re.compile(r"Loading weights took ([\d.]+) seconds")),  # CPU
+    ("model build", re.compile(r"Initializing model took ([\d.]+) seconds")),
+    ("weight load", re.compile(r"Loading weights took ([\d.]+) seconds")),
+    ("model load", re.compile(r"Model loading took [\d.]+ GiB (?:memory )?and ([\d.]+) seconds")),  # GPU
     ("torch.compile", re.compile(r"torch\.compile took ([\d.]+) s in total")),
     ("CUDA graphs", re.compile(r"Graph capturing finished in ([\d.]+) secs")),
     ("engine init", re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s")),
@@ -106,6 +106,11 @@ def engine_phases(path: Path, engine_began: float | None = None) -> dict[str, fl
             if phase in started:
                 starts[phase], previous = max(started[phase] - previous, 0.0), started[phase]
         phases = starts | phases
+    if (model := phases.get("model load")) is not None:  # on a GPU: the build, the weights, then their processing
+        named = "weight processing" if "weight load" in phases else "weight load"  # some loaders log no weights line
+        rest = max(model - phases.get("model build", 0.0) - phases.get("weight load", 0.0), 0.0)
+        phases = {(named if phase == "model load" else phase): (rest if phase == "model load" else seconds)
+                  for phase, seconds in phases.items()}
     init = phases.pop("engine init", None)
     if init is not None:  # the engine's init holds compile and graphs; the rest is KV profiling and warm-up
         rest = init - phases.get("torch.compile", 0) - phases.get("CUDA graphs", 0)
