@@ -4,11 +4,14 @@ Each test starts a worker under the runpod SDK's production loop, against a fake
 """
 
 import contextlib
+import http.server
 import json
 import re
 import signal
+import threading
 import time
 
+import openai
 import psutil
 import pytest
 
@@ -40,6 +43,33 @@ def start(fake: FakeRunpod, tmp_path) -> tuple:
     return proc, log_path
 
 
+def through_the_openai_client(sse: str) -> list:
+    """What the official OpenAI client makes of a job's stream, passed on verbatim as the platform does."""
+    class Replay(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = sse.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="-", max_retries=0,
+                               timeout=10)
+        return list(client.chat.completions.create(model="-", messages=[{"role": "user", "content": "hi"}],
+                                                   stream=True))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def kill_tree(proc) -> None:
     with contextlib.suppress(psutil.NoSuchProcess):
         for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
@@ -60,6 +90,8 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
         fake.queue.append({"id": "openai-404", "input": {"openai_route": "/v1/chat/completions", "openai_input": {
             "model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}}})
         assert wait_for(lambda: "openai-404" in fake.done, 60), log_path.read_text()[-4000:]
+        fake.queue.append(chat_job("chat-there", 30))  # runs there too
+        assert wait_for(lambda: "chat-there" in fake.done, 60), log_path.read_text()[-4000:]
         fake.queue.append(native_job("long", 2000))  # runs there too, until SIGTERM's grace ends
         assert wait_for(lambda: "long" in fake.streamed, 60), log_path.read_text()[-4000:]
         jobs = [native_job(f"native-{i}", 30) for i in range(3)] + [chat_job(f"chat-{i}", 30) for i in range(3)]
@@ -79,8 +111,14 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
     # Each process logged the jobs it ran; the other front end's lines name it.
     served_there = set(re.findall(r"\[front end 1\] worker.jobs: job (\S+) ", log))
     served_here = set(re.findall(r"INFO worker.jobs: job (\S+) ", log))
-    assert {"openai-404", "long"} <= served_there and served_here, log[-4000:]
-    assert served_there | served_here == {"openai-404", "long"} | {j["id"] for j in jobs}
+    assert {"openai-404", "chat-there", "long"} <= served_there and served_here, log[-4000:]
+    assert served_there | served_here == {"openai-404", "chat-there", "long"} | {j["id"] for j in jobs}
+    # The official client reads the stream the other front end relayed: every token, then the usage.
+    chunks = through_the_openai_client("".join(item["output"] for item in fake.streamed["chat-there"]))
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks), chunks
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 30, chunks[-1]
     # An OpenAI error from there is still the JSON the runpod SDK stores, with vLLM's status.
     error = json.loads(fake.done["openai-404"]["error"])
     assert error["code"] == 404 and "no-such-model" in error["message"]
