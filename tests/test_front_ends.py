@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 
+import anthropic
 import openai
 import psutil
 import pytest
@@ -25,6 +26,11 @@ JOINED = "front-end process 1 of 1 is taking jobs"
 def native_job(job_id: str, max_tokens: int) -> dict:
     return {"id": job_id, "input": {"prompt": "hello", "stream": True, "max_batch_size": 4,
                                     "sampling_params": {"max_tokens": max_tokens, "ignore_eos": True}}}
+
+
+def messages_job(job_id: str, max_tokens: int) -> dict:
+    return {"id": job_id, "input": {"openai_route": "/v1/messages", "openai_input": {
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": True}}}
 
 
 def chat_job(job_id: str, max_tokens: int) -> dict:
@@ -43,8 +49,9 @@ def start(fake: FakeRunpod, tmp_path) -> tuple:
     return proc, log_path
 
 
-def through_the_openai_client(sse: str) -> list:
-    """What the official OpenAI client makes of a job's stream, passed on verbatim as the platform does."""
+@contextlib.contextmanager
+def replaying(sse: str):
+    """A base URL at which every POST gets `sse` back, verbatim, as the platform passes a job's stream on."""
     class Replay(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -61,13 +68,14 @@ def through_the_openai_client(sse: str) -> list:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replay)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="-", max_retries=0,
-                               timeout=10)
-        return list(client.chat.completions.create(model="-", messages=[{"role": "user", "content": "hi"}],
-                                                   stream=True))
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def streamed(fake: FakeRunpod, job_id: str) -> str:
+    return "".join(item["output"] for item in fake.streamed[job_id])
 
 
 def kill_tree(proc) -> None:
@@ -90,8 +98,9 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
         fake.queue.append({"id": "openai-404", "input": {"openai_route": "/v1/chat/completions", "openai_input": {
             "model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}}})
         assert wait_for(lambda: "openai-404" in fake.done, 60), log_path.read_text()[-4000:]
-        fake.queue.append(chat_job("chat-there", 30))  # runs there too
-        assert wait_for(lambda: "chat-there" in fake.done, 60), log_path.read_text()[-4000:]
+        for job in (chat_job("chat-there", 30), messages_job("messages-there", 30)):  # run there too
+            fake.queue.append(job)
+            assert wait_for(lambda job_id=job["id"]: job_id in fake.done, 60), log_path.read_text()[-4000:]
         fake.queue.append(native_job("long", 2000))  # runs there too, until SIGTERM's grace ends
         assert wait_for(lambda: "long" in fake.streamed, 60), log_path.read_text()[-4000:]
         jobs = [native_job(f"native-{i}", 30) for i in range(3)] + [chat_job(f"chat-{i}", 30) for i in range(3)]
@@ -111,14 +120,24 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
     # Each process logged the jobs it ran; the other front end's lines name it.
     served_there = set(re.findall(r"\[front end 1\] worker.jobs: job (\S+) ", log))
     served_here = set(re.findall(r"INFO worker.jobs: job (\S+) ", log))
-    assert {"openai-404", "chat-there", "long"} <= served_there and served_here, log[-4000:]
-    assert served_there | served_here == {"openai-404", "chat-there", "long"} | {j["id"] for j in jobs}
-    # The official client reads the stream the other front end relayed: every token, then the usage.
-    chunks = through_the_openai_client("".join(item["output"] for item in fake.streamed["chat-there"]))
+    there = {"openai-404", "chat-there", "messages-there", "long"}
+    assert there <= served_there and served_here, log[-4000:]
+    assert served_there | served_here == there | {j["id"] for j in jobs}
+    # The official clients read the streams the other front end relayed: every token, then the usage.
+    with replaying(streamed(fake, "chat-there")) as base:
+        chunks = list(openai.OpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=10).chat.completions
+                      .create(model="-", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert all(chunk.object == "chat.completion.chunk" for chunk in chunks), chunks
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 30, chunks[-1]
+    with replaying(streamed(fake, "messages-there")) as base, \
+            anthropic.Anthropic(base_url=base, api_key="-", max_retries=0, timeout=10).messages.stream(
+                model="-", max_tokens=30, messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and text == "".join(block.text for block in final.content if block.type == "text")
+    assert final.stop_reason == "max_tokens" and final.usage.output_tokens == 30, final
     # An OpenAI error from there is still the JSON the runpod SDK stores, with vLLM's status.
     error = json.loads(fake.done["openai-404"]["error"])
     assert error["code"] == 404 and "no-such-model" in error["message"]
