@@ -101,10 +101,9 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
         for job in (chat_job("chat-there", 30), messages_job("messages-there", 30)):  # run there too
             fake.queue.append(job)
             assert wait_for(lambda job_id=job["id"]: job_id in fake.done, 60), log_path.read_text()[-4000:]
-        fake.queue.append(native_job("long", 2000))  # runs there too, until SIGTERM's grace ends
-        assert wait_for(lambda: "long" in fake.streamed, 60), log_path.read_text()[-4000:]
         jobs = [native_job(f"native-{i}", 30) for i in range(3)] + [chat_job(f"chat-{i}", 30) for i in range(3)]
-        fake.queue.extend(jobs)
+        # Taken in one batch, "long" first: it runs there too, until SIGTERM's grace ends, while the rest spread.
+        fake.queue.extend([native_job("long", 2000), *jobs])
         assert wait_for(lambda: all(j["id"] in fake.done for j in jobs), 120), log_path.read_text()[-4000:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log_path.read_text()[-4000:]
