@@ -106,16 +106,20 @@ def engine_phases(path: Path, engine_began: float | None = None) -> dict[str, fl
             if phase in started:
                 starts[phase], previous = max(started[phase] - previous, 0.0), started[phase]
         phases = starts | phases
-    if (model := phases.get("model load")) is not None:  # on a GPU: the build, the weights, then their processing
-        named = "weight processing" if "weight load" in phases else "weight load"  # some loaders log no weights line
-        rest = max(model - phases.get("model build", 0.0) - phases.get("weight load", 0.0), 0.0)
-        phases = {(named if phase == "model load" else phase): (rest if phase == "model load" else seconds)
-                  for phase, seconds in phases.items()}
-    init = phases.pop("engine init", None)
-    if init is not None:  # the engine's init holds compile and graphs; the rest is KV profiling and warm-up
-        rest = init - phases.get("torch.compile", 0) - phases.get("CUDA graphs", 0)
-        phases["KV cache profiling and warm-up"] = max(rest, 0.0)
-    return phases
+    # On a GPU vLLM's model load holds the build and the weights, then their processing; some loaders
+    # log no weights line, and then the rest is the weights.
+    phases = _split(phases, "model load", ("model build", "weight load"),
+                    "weight processing" if "weight load" in phases else "weight load")
+    return _split(phases, "engine init", ("torch.compile", "CUDA graphs"), "KV cache profiling and warm-up")
+
+
+def _split(phases: dict[str, float], whole: str, parts: tuple[str, ...], rest: str) -> dict[str, float]:
+    """`phases` with `whole`, which holds `parts`, replaced in place by what is left of it, named `rest`."""
+    if whole not in phases:
+        return phases
+    left = max(phases[whole] - sum(phases.get(part, 0.0) for part in parts), 0.0)
+    return {(rest if phase == whole else phase): (left if phase == whole else seconds)
+            for phase, seconds in phases.items()}
 
 
 def summary(imports: float, config: float, engine: float, phases: dict[str, float], checks: float = 0.0) -> str:
