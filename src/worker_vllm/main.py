@@ -34,7 +34,7 @@ def main(argv: list[str], environ: MutableMapping[str, str] = os.environ) -> Non
                  "(for a local endpoint, run src/serve.py)")
     # The runpod SDK's CPU probe overlaps vLLM's import only where the SDK will be imported, and
     # its start-up checks where it would run them: in its production loop.
-    production = not local and "--rp_serve_api" not in argv and bool(environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+    production = "--rp_serve_api" not in argv and bool(environ.get("RUNPOD_WEBHOOK_GET_JOB"))
     startup = environment.prepare(environ, probe_cpu=not local, sdk_checks=production,
                                   front_end=() if local else QUEUE_FRONT_END)
     worker = start_or_exit(startup, front_ends=not local)
