@@ -113,7 +113,7 @@ def test_jobs_spread_over_both_processes_and_sigterm_drains_the_other_ones_jobs(
     log = log_path.read_text()
     for i in range(3):
         assert fake.done[f"native-{i}"]["output"][-1]["usage"]["output"] == 30, fake.done[f"native-{i}"]
-        events = "".join(item["output"] for item in fake.streamed[f"chat-{i}"]).split("\n\n")
+        events = streamed(fake, f"chat-{i}").split("\n\n")
         usage = json.loads(events[-3][len("data: "):])["usage"]
         assert usage["completion_tokens"] == 30 and events[-2] == "data: [DONE]", events[-4:]
     # Each process logged the jobs it ran; the other front end's lines name it.
