@@ -1,5 +1,6 @@
 """The environment a worker starts from: prepared once, written once, before vLLM is imported."""
 
+import gc
 import json
 import os
 
@@ -89,6 +90,14 @@ def test_the_sdks_start_up_checks_run_while_vllm_imports_and_are_marked_done_for
     assert startup.checking is not None
     assert {name: environ[name] for name in fitness.DONE} == fitness.DONE  # the SDK's own run skips them
     assert startup.before_engine() >= 0.0  # they passed: no SystemExit
+    startup.engine_started()
+
+
+def test_the_heap_is_frozen_just_before_vllm_forks_its_engine_process(model):
+    startup = environment.prepare({"MODEL_NAME": str(model)})
+    frozen = gc.get_freeze_count()
+    startup.before_engine()
+    assert gc.get_freeze_count() > frozen  # the engine process's full collections will skip it
     startup.engine_started()
 
 
