@@ -13,10 +13,11 @@ LOAD_BALANCER=true instead and polls /ping every 20 ms: Runpod's cold-start figu
 endpoint is the time from the first 204 to the first 200; then one streamed chat completion.
 
   python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty first warm load_balancer]
-                             [--evict-weights] [--worker PATH]
+                             [--evict-weights] [--worker PATH] [--py-spy PATH]
 
 The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
-files from the page cache before each start, as on a machine that has not read them yet.
+files from the page cache before each start, as on a machine that has not read them yet. With
+--py-spy, py-spy samples each start's processes (vLLM's engine process too) into a raw profile.
 """
 
 import argparse
@@ -57,7 +58,7 @@ def evict(model: Path) -> None:
             os.close(fd)
 
 
-def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
+def start_once(model: Path, run: str, log_path: Path, worker: Path, py_spy: Path | None = None) -> dict:
     """One start of the worker on `model`; what it measured."""
     env = {"LOAD_FORMAT": "dummy"} | os.environ | {"MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096"}
     job = {"prompt": "t11 t12 t13", "stream": True, "sampling_params": {"max_tokens": 8}}
@@ -75,6 +76,7 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, *map(str, command)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/tmp")
+    profiler = py_spy and profile(py_spy, proc.pid, log_path.with_suffix(".pyspy.txt"))
     if fake:  # the job done: stop the worker as Runpod does, with SIGTERM; a start that hangs is killed
         threading.Thread(target=stop_when_done, args=(proc, fake), daemon=True).start()
     if run == "load_balancer":  # as Runpod's load balancer sees it; then SIGTERM
@@ -96,6 +98,8 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
             if not fake and "first_token_after_launch_s" not in result and line.startswith('{"choices"'):
                 result["first_token_after_launch_s"] = round(time.monotonic() - began, 2)
     result["exit_code"] = proc.wait()
+    if profiler:  # it writes its profile once the worker is gone
+        profiler.wait(60)
     if fake:
         if "first" in fake.first_streamed_at:
             result["first_token_after_launch_s"] = round(fake.first_streamed_at["first"] - began, 2)
@@ -106,6 +110,17 @@ def start_once(model: Path, run: str, log_path: Path, worker: Path) -> dict:
         fake.close()
     result["kernel_jit_log_lines"] = jit_lines[:20]
     return result
+
+
+def profile(py_spy: Path, pid: int, out: Path) -> subprocess.Popen:
+    """py-spy attached to the worker and the processes it starts, every thread, waiting included:
+    a start's time is mostly one thread at a time, often waiting on the GPU or another process.
+    Attached, not launching, so that the worker gets Runpod's SIGTERM itself; nonblocking, so that
+    the start is not paused. Its first samples come once the interpreter is up."""
+    time.sleep(0.2)
+    return subprocess.Popen([py_spy, "record", "--pid", str(pid), "--subprocesses", "--threads", "--idle",
+                             "--nonblocking", "-r", "100", "-f", "raw", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=out.with_suffix(".log").open("w"))
 
 
 def stop_when_done(proc: subprocess.Popen, fake: FakeRunpod, deadline_s: float = 240) -> None:
@@ -158,6 +173,7 @@ def main():
     parser.add_argument("--evict-weights", action="store_true")
     parser.add_argument("--worker", type=Path, default=HERE.parent / "src" / "handler.py",
                         help="the handler.py the warm starts run (to compare two versions on one machine)")
+    parser.add_argument("--py-spy", type=Path, help="py-spy's executable: profile each start")
     args = parser.parse_args()
     if "empty" in args.runs:
         shutil.rmtree(VOLUME, ignore_errors=True)
@@ -172,7 +188,8 @@ def main():
             shutil.rmtree(VOLUME)
             VOLUME.mkdir()
         name = run if args.runs.count(run) == 1 else f"{run}_{number}"  # a repeated run keeps each start
-        results[name] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{name}.log", args.worker)
+        results[name] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{name}.log", args.worker,
+                                   args.py_spy)
         print(name, json.dumps(results[name]), flush=True)
         (args.out / f"cold_start_{args.label}.json").write_text(json.dumps(results, indent=2))
 

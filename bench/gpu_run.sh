@@ -30,7 +30,8 @@
 #                             volume and a warm start with the previous version (.gpu/prev/src, carried: git archive
 #                             REV src | tar -x -C .gpu/prev) and with this one. Results in start_compare.json
 #                             (per kind of start, the median and range of the seconds to the first token), logs in
-#                             start_compare_logs.tgz
+#                             start_compare_logs.tgz. PROFILE=true: then one warm start of this version sampled
+#                             by py-spy, every process and thread (cold_start_profiled_warm.pyspy.txt in the logs)
 #   disk_read [DISK_READ_ARGS]  the weight prefetch's read speed by thread count, 15 GiB of real weights out of
 #                             the page cache (bench/disk_read.py)
 #   triton_image              as the image has it: builder/triton_kernels.jsonl built for sm_90 and sm_80, then one
@@ -71,16 +72,16 @@ throughput() {  # throughput LABEL ARGS...: bench.py into $OUT/LABEL, its summar
   if [ "${PROFILE:-}" = true ]; then
     # Attached, not launching: a profiler that fails leaves the run alone. --nonblocking samples without
     # pausing the process, so the profiled run's figures still count.
-    if python3 -m pip install -q --no-deps --no-index --target /tmp/py-spy .whl/py_spy-*.whl; then
-      /tmp/py-spy/bin/py-spy record --nonblocking -r 100 -f raw -o "$OUT/$label.pyspy.txt" --pid "$bench" \
-        > "$OUT/$label.pyspy.log" 2>&1 &
-    else
-      echo "gpu_run.sh: no py-spy wheel in .whl/: not profiled" >&2
-    fi
+    py_spy && /tmp/py-spy/bin/py-spy record --nonblocking -r 100 -f raw -o "$OUT/$label.pyspy.txt" --pid "$bench" \
+      > "$OUT/$label.pyspy.log" 2>&1 &
   fi
   wait "$bench"; status=$?
   grep -E '^[abcde]_' "$OUT/$label.log"
   return "$status"
+}
+py_spy() {  # /tmp/py-spy/bin/py-spy, from its wheel in .whl/
+  [ -x /tmp/py-spy/bin/py-spy ] || python3 -m pip install -q --no-deps --no-index --target /tmp/py-spy .whl/py_spy-*.whl ||
+    { echo "gpu_run.sh: no py-spy wheel in .whl/: not profiled" >&2; return 1; }
 }
 cold() { python3 bench/cold_start.py --model "$MODEL" --out "$OUT" "$@"; }
 in_image() { PATH="$IMAGE/venv/bin:$PATH" "$@"; }
@@ -232,6 +233,9 @@ start_compare() {
     in_image cold --label "warm_prev_$round" --runs warm --evict-weights --worker "$prev"
     in_image cold --label "warm_new_$round" --runs warm --evict-weights
   done
+  if [ "${PROFILE:-}" = true ] && py_spy; then  # then one more warm start of this version, sampled
+    in_image cold --label profiled --runs warm --evict-weights --py-spy /tmp/py-spy/bin/py-spy
+  fi
   python3 bench/start_summary.py "$OUT"  # one file of results, one of logs: the device returns few files
 }
 
