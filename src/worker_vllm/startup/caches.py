@@ -140,25 +140,14 @@ def vllm_version() -> str:
 
 
 def gpu_arch() -> int | None:
-    """The first GPU's compute capability as Triton names architectures (90 for 9.0); None without one."""
-    found = compute_capabilities()
-    return round(float(found[0]) * 10) if found else None
-
-
-def compute_capabilities() -> list[str]:
-    """Each GPU's compute capability as nvidia-smi writes it ("9.0"), asked of nvidia-smi so that
-    CUDA does not start in this process; [] without a GPU."""
+    """The first GPU's compute capability as Triton names architectures (90 for 9.0), asked of
+    nvidia-smi so that CUDA does not start in this process; None without one."""
     try:
         found = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                                capture_output=True, text=True, timeout=10).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return found if all(re.fullmatch(r"\d+\.\d+", capability) for capability in found) else []
-
-
-def gpu_count() -> int:
-    """How many NVIDIA GPUs the driver shows, read without starting CUDA."""
-    return len(list(NVIDIA_GPUS.glob("*/information")))
+        return round(float(found[0]) * 10) if found else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def gpu_name() -> str:

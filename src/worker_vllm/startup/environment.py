@@ -22,7 +22,6 @@ from worker_vllm.startup import (
     download,
     during_engine_start,
     fitness,
-    flashinfer_archs,
     phases,
     plugins,
     prefetch,
@@ -90,9 +89,7 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, sdk_c
     places = caches.cache_env(env, volume)
     fd, phases_file = tempfile.mkstemp(prefix="worker-startup-")
     os.close(fd)
-    libraries = (plugins.vllm_env(env, plugins.installed())
-                 | flashinfer_archs.vllm_env(env, caches.gpu_count(), caches.compute_capabilities))
-    additions = places | (config.vllm_env(env, own) if own else {}) | libraries | {
+    additions = places | (config.vllm_env(env, own) if own else {}) | plugins.vllm_env(env, plugins.installed()) | {
         phases.FILE_ENV: phases_file,
         # The SDK logs every job's input and output at its default level, DEBUG; an empty value crashes it.
         "RUNPOD_LOG_LEVEL": env.get("RUNPOD_LOG_LEVEL") or "INFO",
