@@ -2,11 +2,15 @@
 loop's next look (every 0.1 s in the SDK's own), and the SDK's drain still holds when it stops."""
 
 import asyncio
+import hashlib
+import inspect
 
 import pytest
 from runpod.serverless.modules import rp_scale, worker_state
 
 from worker_vllm.runpod_queue import run_jobs_as_they_arrive
+
+SDK_LOOP_SHA256 = "74cd623de98ef8b4e6d9ddd4d2c13a4dc87124d4314d4ea129b8baf7eaeb9632"  # runpod 1.10.0's run_jobs
 
 
 @pytest.fixture(autouse=True)
@@ -89,3 +93,11 @@ def test_jobs_in_flight_finish_before_the_loop_ends():
         assert loop.started == ["a"] and not loop.jobs.jobs_tasks
 
     asyncio.run(run())
+
+
+def test_the_sdks_job_loop_is_the_one_the_worker_replaces():
+    source = inspect.getsource(rp_scale.JobScaler.run_jobs)
+    assert hashlib.sha256(source.encode()).hexdigest() == SDK_LOOP_SHA256, (
+        "the runpod SDK's JobScaler.run_jobs changed: read it against runpod_queue.run_jobs_as_they_arrive, "
+        "carry over what changed (or drop the replacement if the SDK now starts jobs as they arrive), "
+        "then update SDK_LOOP_SHA256")
