@@ -10,9 +10,7 @@ range of each round's median, and every gap.
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,24 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from worker_vllm.local.fake_runpod import FakeRunpod, wait_for
-from worker_vllm.startup import tiny_model
-
-
-class TimedRunpod(FakeRunpod):
-    """The fake job API, noting when it hands each job out."""
-
-    def __init__(self, jobs: list[dict]):
-        self.taken: dict[str, float] = {}
-        super().__init__(jobs)
-
-    async def take(self, request):
-        response = await super().take(request)
-        if response.status == 200:
-            body = json.loads(response.body)
-            for job in body if isinstance(body, list) else [body]:
-                self.taken[job["id"]] = time.monotonic()
-        return response
+from worker_vllm.local.fake_runpod import FakeRunpod, start_worker, wait_for
 
 
 def job(number: int) -> dict:
@@ -47,15 +28,12 @@ def job(number: int) -> dict:
 
 def gaps_ms(worker: Path, jobs: int) -> list[float]:
     """Start `worker`, send it `jobs` jobs one at a time, each once it is idle; the gaps in ms."""
-    fake = TimedRunpod([job(0)])  # the first job only warms the worker up
-    env = os.environ | fake.worker_env() | {"MODEL_NAME": str(tiny_model.ensure()), "ENFORCE_EAGER": "true",
-                                            "MAX_MODEL_LEN": "2048", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "worker.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(worker.resolve())], cwd=folder, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+    fake = FakeRunpod([job(0)])  # the first job only warms the worker up
+    with tempfile.TemporaryDirectory() as folder:
+        proc, log = start_worker(fake, Path(folder), {"VLLM_CPU_KVCACHE_SPACE": "1"}, worker.resolve())
         try:
             if not wait_for(lambda: "job-0" in fake.done or proc.poll() is not None, 300) or proc.poll() is not None:
-                raise SystemExit(f"{worker} served no job:\n{(Path(folder) / 'worker.log').read_text()[-3000:]}")
+                raise SystemExit(f"{worker} served no job:\n{log.read_text()[-3000:]}")
             gaps = []
             for number in range(1, jobs + 1):
                 time.sleep(0.37)  # idle between requests, at a time unrelated to the SDK's loop
@@ -63,7 +41,7 @@ def gaps_ms(worker: Path, jobs: int) -> list[float]:
                 name = f"job-{number}"
                 if not wait_for(lambda name=name: name in fake.done, 30):
                     raise SystemExit(f"{worker} did not finish {name}")
-                gaps.append(round(1000 * (fake.first_streamed_at[name] - fake.taken[name]), 1))
+                gaps.append(round(1000 * (fake.first_streamed_at[name] - fake.taken_at[name]), 1))
             return gaps
         finally:
             proc.terminate()

@@ -18,13 +18,14 @@ HANDLER = Path(__file__).resolve().parents[2] / "handler.py"  # src/handler.py
 
 class FakeRunpod:
     """Hands out the jobs in `queue` through job-take (append more at any time), and records what
-    the worker streams and reports, and when the first item of each job arrived."""
+    the worker streams and reports, when each job was handed out, and when its first item arrived."""
 
     def __init__(self, jobs: list[dict]):
         self.queue = list(jobs)
         self.batch_sizes: list[int] = []
         self.streamed: dict[str, list] = {}  # each job's streamed items, as the worker posted them
         self.done: dict[str, dict] = {}  # each job's final report
+        self.taken_at: dict[str, float] = {}
         self.first_streamed_at: dict[str, float] = {}
         self.loop = asyncio.new_event_loop()
         app = web.Application()
@@ -55,6 +56,7 @@ class FakeRunpod:
         if not jobs:
             await asyncio.sleep(0.2)  # Runpod holds an empty take open a while
             return web.Response(status=204)
+        self.taken_at.update(dict.fromkeys((job["id"] for job in jobs), time.monotonic()))
         return web.json_response(jobs if "batch" in request.path else jobs[0])
 
     async def stop(self, request):
@@ -75,19 +77,21 @@ class FakeRunpod:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
-    """`python src/handler.py` as Runpod starts it, taking jobs from `fake`; its log goes to a file."""
-    return launch(tmp_path, fake.worker_env() | env)
+def start_worker(fake: FakeRunpod, tmp_path: Path, env: dict,
+                 handler: Path = HANDLER) -> tuple[subprocess.Popen, Path]:
+    """`python src/handler.py` (or another version's `handler`) as Runpod starts it, taking jobs from
+    `fake`; its log goes to a file."""
+    return launch(tmp_path, fake.worker_env() | env, handler)
 
 
-def launch(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path]:
-    """`python src/handler.py` on the embedded model with `env` added; its log goes to a file."""
+def launch(tmp_path: Path, env: dict, handler: Path = HANDLER) -> tuple[subprocess.Popen, Path]:
+    """`python src/handler.py` (or `handler`) on the embedded model with `env` added; its log goes to a file."""
     env = {k: v for k, v in os.environ.items() if k != "MODEL_NAME"} | {
         "MODEL_NAME": str(tiny_model.ensure()), "ENFORCE_EAGER": "true", "MAX_MODEL_LEN": "2048",
     } | env
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(HANDLER)], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([sys.executable, str(handler)], cwd=tmp_path, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     return proc, log_path
 
