@@ -71,10 +71,15 @@ TINY_MODEL_DEFAULTS = {"enforce_eager": "true", "max_model_len": "2048"}
 # because vLLM's CPU backend otherwise wants 92% of a NUMA node free.
 TINY_MODEL_CPU_DEFAULTS = {"dtype": "float32", "kv_cache_memory_bytes": "1G"}
 # FAST_BOOT=true: the fastest start measured, for a few % of throughput (docs/benchmarks.md). Each
-# part yields to its own env var.
-FAST_BOOT_DEFAULTS = {  # no torch.compile (vLLM's own CUDA kernels), and full CUDA graphs for 12 batch sizes
+# part yields to its own env var. No torch.compile (vLLM's own CUDA kernels), and full CUDA graphs
+# for 12 batch sizes. Without torch.compile the all-reduce + RMSNorm fusion (a compile pass) never
+# runs; off, vLLM does not import FlashInfer's comm module for it as it builds the config, which
+# starts CUDA in the worker's process with TENSOR_PARALLEL_SIZE > 1 on H100/H200/B200, and vLLM
+# then spawns its processes instead of forking them (24 s more on two H200s, docs/benchmarks.md).
+FAST_BOOT_DEFAULTS = {
     "compilation_config": json.dumps({"mode": 0, "cudagraph_mode": "FULL",
-                                      "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]})}
+                                      "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256],
+                                      "pass_config": {"fuse_allreduce_rms": False}})}
 FAST_BOOT_VLLM_ENV = {
     "VLLM_ENABLE_STARTUP_PLAN": "1",  # reuse the KV cache size a start measured (on the volume): no profiling
     "VLLM_USE_FLASHINFER_SAMPLER": "0",  # no JIT build of FlashInfer's sampling kernels
