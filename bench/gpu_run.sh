@@ -32,6 +32,9 @@
 #                             (per kind of start, the median and range of the seconds to the first token), logs in
 #                             start_compare_logs.tgz. PROFILE=true: then one warm start of this version sampled
 #                             by py-spy, every process and thread (cold_start_profiled_warm.pyspy.txt in the logs)
+#   cuda_init [NAME=VALUE ...]  the image's Python: who starts CUDA in the worker's process before vLLM's engine
+#                             process, and which missing packages it asked for by then (bench/cuda_init.py), e.g.
+#                             cuda_init FAST_BOOT=true TENSOR_PARALLEL_SIZE=2; output in cuda_init.txt
 #   disk_read [DISK_READ_ARGS]  the weight prefetch's read speed by thread count, 15 GiB of real weights out of
 #                             the page cache (bench/disk_read.py)
 #   triton_image              as the image has it: builder/triton_kernels.jsonl built for sm_90 and sm_80, then one
@@ -239,6 +242,15 @@ start_compare() {
   python3 bench/start_summary.py "$OUT"  # one file of results, one of logs: the device returns few files
 }
 
+cuda_init() {
+  local arg
+  for arg in "$@"; do export "${arg?}"; done
+  image_env
+  in_image python3 bench/cuda_init.py > "$OUT/cuda_init.txt" 2>&1
+  echo "cuda_init $*: exit $? (3: CUDA started in the worker's process)" | tee -a "$OUT/cuda_init.txt"
+  grep -E "^(missing packages|  [^ ]+  <- )" "$OUT/cuda_init.txt" || true
+}
+
 part="${1:-}"
 shift || true
 case "$part" in
@@ -253,6 +265,7 @@ case "$part" in
   triton_compare) need_vllm; triton_compare "$@" ;;
   triton_image) need_vllm; triton_image ;;
   start_compare) need_vllm; start_compare "$@" ;;
+  cuda_init) need_vllm; cuda_init "$@" ;;
   disk_read) need_vllm; weights; python3 bench/disk_read.py "$MODEL" --out "$OUT" "$@" ;;
   fastboot_cost)
     need_vllm
