@@ -155,7 +155,7 @@ def test_fast_boot_preset_sets_no_compile_fewer_full_cuda_graphs_and_vllm_env():
     compilation = s.engine_args.compilation_config
     assert compilation.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
     assert (compilation.mode, compilation.cudagraph_mode.name) == (0, "FULL")
-    assert compilation.pass_config.fuse_allreduce_rms is False  # no FlashInfer import while vLLM builds its config
+    assert compilation.pass_config.fuse_allreduce_rms is False  # a compile pass: no FlashInfer workspace for it
     assert config.vllm_env({}, s.worker) == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
     # Each part yields to the variable that sets it.
     env = {"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",

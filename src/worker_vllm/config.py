@@ -73,9 +73,8 @@ TINY_MODEL_CPU_DEFAULTS = {"dtype": "float32", "kv_cache_memory_bytes": "1G"}
 # FAST_BOOT=true: the fastest start measured, for a few % of throughput (docs/benchmarks.md). Each
 # part yields to its own env var. No torch.compile (vLLM's own CUDA kernels), and full CUDA graphs
 # for 12 batch sizes. Without torch.compile the all-reduce + RMSNorm fusion (a compile pass) never
-# runs; off, vLLM does not import FlashInfer's comm module for it as it builds the config, which
-# starts CUDA in the worker's process with TENSOR_PARALLEL_SIZE > 1 on H100/H200/B200, and vLLM
-# then spawns its processes instead of forking them (24 s more on two H200s, docs/benchmarks.md).
+# runs; off, with TENSOR_PARALLEL_SIZE > 1 on H100/H200/B200, vLLM's model workers also skip its
+# FlashInfer workspace, whose communication module a first start JIT-builds for minutes.
 FAST_BOOT_DEFAULTS = {
     "compilation_config": json.dumps({"mode": 0, "cudagraph_mode": "FULL",
                                       "cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256],

@@ -3,10 +3,12 @@
 A vLLM upgrade should touch this file only.
 """
 
+import ast
 import asyncio
 import difflib
 import gc
 import importlib
+import importlib.util
 import logging
 import threading
 import types
@@ -20,6 +22,7 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
 from vllm.exceptions import VLLMClientError
+from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -88,6 +91,46 @@ def cache_model_infos(architectures: list[str] | None = None) -> list[str]:
     return failed
 
 
+# Where vLLM 0.32 keeps the all-reduce + RMSNorm fusion's size limits, and their name.
+FUSION_SIZES = ("vllm.compilation.passes.fusion.allreduce_rms_fusion", "FI_ALLREDUCE_FUSION_MAX_SIZE_MB")
+
+
+def fusion_size_limits() -> dict[int, dict[int, float]]:
+    """vLLM's size limits for its all-reduce + RMSNorm fusion (MB, by compute capability, then by
+    tensor-parallel size), read from vLLM's source; empty where that source has none.
+
+    vLLM looks them up as it builds its config, with TP > 1 on compute capability 9.0 or 10.x,
+    unless `pass_config.fi_allreduce_fusion_max_size_mb` is set. Their module imports
+    flashinfer.comm, whose import starts CUDA in this process, and vLLM then spawns its engine
+    process and model workers instead of forking them: 24 s more on two H200s (docs/benchmarks.md).
+    Read from the source, the limits are vLLM's own, and nothing is imported."""
+    module, name = FUSION_SIZES
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return {}
+    with open(spec.origin, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(target, ast.Name) and target.id == name for target in targets):
+                return ast.literal_eval(node.value)
+    return {}
+
+
+def set_fusion_size_limit(engine_args: AsyncEngineArgs) -> None:
+    """Give vLLM the fusion's size limit for this GPU and tensor-parallel size (fusion_size_limits),
+    where the settings leave it to vLLM."""
+    pass_config = engine_args.compilation_config.pass_config
+    if engine_args.tensor_parallel_size < 2 or pass_config.fi_allreduce_fusion_max_size_mb is not None:
+        return
+    capability = current_platform.get_device_capability()  # from NVML on a GPU: no CUDA
+    if capability is not None:
+        limit = fusion_size_limits().get(capability.to_int(), {}).get(engine_args.tensor_parallel_size)
+        if limit is not None:
+            pass_config.fi_allreduce_fusion_max_size_mb = limit
+
+
 def gpu_count() -> int:
     import torch
 
@@ -105,6 +148,7 @@ class Engine:
         validate_parsed_serve_args(args)
         self.args = args
         engine_args = AsyncEngineArgs.from_cli_args(args)
+        set_fusion_size_limit(engine_args)
         count = 1 if client else args.api_server_count or 1
         if count > 1:
             engine_args._api_process_count, engine_args._api_process_rank = count, -1
