@@ -5,6 +5,7 @@ A vLLM upgrade should touch this file only.
 
 import ast
 import asyncio
+import contextlib
 import difflib
 import gc
 import importlib
@@ -12,7 +13,7 @@ import importlib.util
 import logging
 import threading
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from vllm.exceptions import VLLMClientError
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
+from vllm.utils import gc_utils
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -131,6 +133,36 @@ def set_fusion_size_limit(engine_args: AsyncEngineArgs) -> None:
             pass_config.fi_allreduce_fusion_max_size_mb = limit
 
 
+@contextlib.contextmanager
+def freeze_gc_for_capture() -> Iterator[None]:
+    """vLLM's context around its CUDA graph capture (gc_utils.freeze_gc_for_cudagraph_capture), less
+    its end. vLLM collects, freezes the heap and turns the collector off, so that no collection runs
+    during the capture; then it unfreezes the whole heap and collects again. In a forked engine
+    process that heap includes everything the worker froze before the fork (Startup.before_engine),
+    and that collection, then the full one of vLLM's freeze once its start is done, each walked all
+    of it again: 0.43 s each in a warm start of the 8B shape on an H200 (docs/benchmarks.md). Here
+    the heap stays frozen, as vLLM freezes it again anyway once its start is done."""
+    enabled = gc.isenabled()
+    gc.collect()
+    if envs.VLLM_ENABLE_CUDAGRAPH_GC:  # vLLM's opt-out: collections may run during the capture
+        yield
+        return
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def keep_heap_frozen_through_capture() -> None:
+    """Put freeze_gc_for_capture in the place of vLLM's context. Its model runners import the context
+    by name when their modules are imported, in the engine process or model workers after vLLM
+    forks them: they find this one (tests/test_capture_gc.py)."""
+    gc_utils.freeze_gc_for_cudagraph_capture = freeze_gc_for_capture
+
+
 def gpu_count() -> int:
     import torch
 
@@ -149,6 +181,7 @@ class Engine:
         self.args = args
         engine_args = AsyncEngineArgs.from_cli_args(args)
         set_fusion_size_limit(engine_args)
+        keep_heap_frozen_through_capture()
         count = 1 if client else args.api_server_count or 1
         if count > 1:
             engine_args._api_process_count, engine_args._api_process_rank = count, -1
