@@ -180,7 +180,7 @@ def main():
     VOLUME.mkdir(exist_ok=True)
     results = {name: os.environ.get(name) for name in ("VLLM_USE_FLASHINFER_SAMPLER", "FAST_BOOT", "LOAD_FORMAT",
                                                        "KV_CACHE_MEMORY_BYTES", "VLLM_ENABLE_STARTUP_PLAN",
-                                                       "PREFETCH_WEIGHTS")}
+                                                       "PREFETCH_WEIGHTS", "INSTANTTENSOR_BACKEND")}
     for number, run in enumerate(args.runs, 1):  # the first run fills the caches the next ones find
         if args.evict_weights:
             evict(args.model)

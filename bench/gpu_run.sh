@@ -25,13 +25,16 @@
 #   triton_compare [ROUNDS]   empty starts alternating with that cache, with it and the gcc-built launchers Triton < 3.7
 #                             builds per kernel (3.7 on, the image's, has none), and with neither (ROUNDS each, 2 by
 #                             default); what each start still built; then one warm start
-#   start_compare [ROUNDS]    the image's Python, FAST_BOOT, real weights, the image's Triton kernels for this GPU
-#                             (and the launchers Triton < 3.7 builds): ROUNDS (1) of a first start on an empty
-#                             volume and a warm start with the previous version (.gpu/prev/src, carried: git archive
-#                             REV src | tar -x -C .gpu/prev) and with this one. Results in start_compare.json
-#                             (per kind of start, the median and range of the seconds to the first token), logs in
-#                             start_compare_logs.tgz. PROFILE=true: then one warm start of this version sampled
-#                             by py-spy, every process and thread (cold_start_profiled_warm.pyspy.txt in the logs)
+#   start_compare [ROUNDS [SPEC...]]  the image's Python, FAST_BOOT, real weights, the image's Triton kernels for
+#                             this GPU (and the launchers Triton < 3.7 builds): ROUNDS (1) of a first start on an
+#                             empty volume, then a warm start, of each SPEC in turn. SPEC: LABEL:VERSION[:NAME=VALUE...],
+#                             VERSION `prev` (.gpu/prev/src, carried: git archive REV src | tar -x -C .gpu/prev) or
+#                             `new` (this one), with those variables; `prev:prev new:new` by default. The image's
+#                             weight loaders (fastsafetensors, instanttensor) travel as wheels in .whl/load/ (the
+#                             staged vLLM has neither). Results in start_compare.json (per kind of start, the median
+#                             and range of the seconds to the first token), logs in start_compare_logs.tgz.
+#                             PROFILE=true: then one warm start of this version sampled by py-spy, every process and
+#                             thread (cold_start_profiled_warm.pyspy.txt in the logs)
 #   cuda_init [NAME=VALUE ...]  the image's Python: who starts CUDA in the worker's process before vLLM's engine
 #                             process, and which missing packages it asked for by then (bench/cuda_init.py), e.g.
 #                             cuda_init FAST_BOOT=true TENSOR_PARALLEL_SIZE=2; output in cuda_init.txt
@@ -218,10 +221,17 @@ triton_image() {
 }
 
 start_compare() {
-  local rounds=${1:-1} round prev=.gpu/prev/src/handler.py arch
+  local rounds=${1:-1} round prev=.gpu/prev/src/handler.py arch spec kind
+  shift || true
+  local specs=("${@:-prev:prev}"); [ $# -gt 0 ] || specs+=(new:new)
   [ -f "$prev" ] || die "start_compare needs the previous version in .gpu/prev/src (carried)"
   image_env; weights
   export FAST_BOOT=true LOAD_FORMAT=auto
+  if compgen -G ".whl/load/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-deps --no-index --target /tmp/load-site .whl/load/*.whl ||
+      die "installing .whl/load/*.whl failed"
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/tmp/load-site"
+  fi
   if [ ! -d "$SHIPPED" ]; then  # once per machine: the image's kernels, then the launchers a first start builds
     arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
     in_image python3 builder/triton_cache.py --archs "$arch" > "$OUT/triton_cache.txt"
@@ -231,15 +241,31 @@ start_compare() {
     keep_launchers "$SHIPPED"
   fi
   for round in $(seq "$rounds"); do  # alternating, as starts vary by seconds
-    in_image cold --label "first_prev_$round" --runs first --evict-weights --worker "$prev"
-    in_image cold --label "first_new_$round" --runs first --evict-weights
-    in_image cold --label "warm_prev_$round" --runs warm --evict-weights --worker "$prev"
-    in_image cold --label "warm_new_$round" --runs warm --evict-weights
+    for kind in first warm; do
+      for spec in "${specs[@]}"; do
+        start_spec "$spec" "$kind" "$round" || die "start_compare: bad SPEC $spec (LABEL:VERSION[:NAME=VALUE...])"
+      done
+    done
   done
   if [ "${PROFILE:-}" = true ] && py_spy; then  # then one more warm start of this version, sampled
     in_image cold --label profiled --runs warm --evict-weights --py-spy /tmp/py-spy/bin/py-spy
   fi
   python3 bench/start_summary.py "$OUT"  # one file of results, one of logs: the device returns few files
+}
+
+start_spec() {  # SPEC KIND ROUND: one start for start_compare, in a subshell for the SPEC's variables
+  local label version vars
+  IFS=: read -r label version vars <<< "$1"
+  case "$version" in
+    prev) version=.gpu/prev/src/handler.py ;;
+    new) version=src/handler.py ;;
+    *) return 1 ;;
+  esac
+  (
+    IFS=: read -ra vars <<< "$vars"
+    for var in "${vars[@]}"; do export "${var?}"; done
+    in_image cold --label "${2}_${label}_$3" --runs "$2" --evict-weights --worker "$version"
+  )
 }
 
 cuda_init() {

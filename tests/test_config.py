@@ -156,9 +156,10 @@ def test_fast_boot_preset_sets_no_compile_fewer_full_cuda_graphs_and_vllm_env():
     assert compilation.cudagraph_capture_sizes == [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256]
     assert (compilation.mode, compilation.cudagraph_mode.name) == (0, "FULL")
     assert compilation.pass_config.fuse_allreduce_rms is False  # a compile pass: no FlashInfer workspace for it
-    assert config.vllm_env({}, s.worker) == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    assert config.vllm_env({}, s.worker) == {"VLLM_ENABLE_STARTUP_PLAN": "1", "VLLM_USE_FLASHINFER_SAMPLER": "0",
+                                              "INSTANTTENSOR_BACKEND": "BUFFERED"}
     # Each part yields to the variable that sets it.
-    env = {"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1",
+    env = {"MODEL_NAME": "m", "FAST_BOOT": "1", "VLLM_USE_FLASHINFER_SAMPLER": "1", "INSTANTTENSOR_BACKEND": "URING",
            "COMPILATION_CONFIG": '{"cudagraph_capture_sizes": [1, 8]}'}
     s, _ = settings(env)
     assert s.engine_args.compilation_config.cudagraph_capture_sizes == [1, 8]
@@ -167,7 +168,11 @@ def test_fast_boot_preset_sets_no_compile_fewer_full_cuda_graphs_and_vllm_env():
 
 def test_without_fast_boot_nothing_changes():
     s, _ = settings({"MODEL_NAME": "m"})
-    assert config.vllm_env({}, s.worker) == {} and s.engine_args.compilation_config.cudagraph_capture_sizes is None
+    assert s.engine_args.compilation_config.cudagraph_capture_sizes is None and s.engine_args.load_format == "auto"
+    # Only how InstantTensor reads, where a user picks it: through the page cache the prefetch fills.
+    assert config.vllm_env({}, s.worker) == {"INSTANTTENSOR_BACKEND": "BUFFERED"}
+    s, _ = settings({"MODEL_NAME": "m", "PREFETCH_WEIGHTS": "false"})
+    assert config.vllm_env({}, s.worker) == {}
     with pytest.raises(config.ConfigError, match="FAST_BOOT='fast' is not valid: Input should be a valid boolean"):
         settings({"MODEL_NAME": "m", "FAST_BOOT": "fast"})
 
@@ -246,3 +251,14 @@ def test_a_bad_value_in_the_environment_is_still_the_environments(tmp_path):
     path = config_file(tmp_path, "max_model_len: 4096\n")
     with pytest.raises(config.ConfigError, match=r"^MAX_MODEL_LEN='lots' is not valid"):
         settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": path, "MAX_MODEL_LEN": "lots"})
+
+
+def test_the_loader_the_worker_picked_yields_to_load_format_and_the_config_file(tmp_path):
+    s, _ = settings({"MODEL_NAME": "m"}, load_format="instanttensor")
+    assert s.engine_args.load_format == "instanttensor"
+    s, _ = settings({"MODEL_NAME": "m", "LOAD_FORMAT": "safetensors"}, load_format="instanttensor")
+    assert s.engine_args.load_format == "safetensors"
+    file = tmp_path / "vllm.yaml"
+    file.write_text("load-format: safetensors\n")
+    s, _ = settings({"MODEL_NAME": "m", "VLLM_CONFIG_FILE": str(file)}, load_format="instanttensor")
+    assert s.engine_args.load_format == "safetensors"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from worker_vllm.startup import environment, fitness, phases
+from worker_vllm.startup import caches, environment, fitness, phases
 
 
 @pytest.fixture
@@ -115,3 +115,13 @@ def test_sdk_checks_that_hang_stop_the_worker_with_a_line_that_says_so():
     assert str(exit_.value.code).startswith("startup failed: the runpod SDK's start-up checks did not finish in 3 s")
     checks._watch.join(5)  # the child was killed: its output ended
     assert not checks._watch.is_alive()
+
+
+def test_fast_boot_on_a_gpu_picks_instanttensor_for_weights_found_here(model, monkeypatch):
+    monkeypatch.setattr(caches, "gpu_name", lambda: "NVIDIA H200")
+    startup = prepared({"MODEL_NAME": str(model), "FAST_BOOT": "true"})
+    startup.engine_started()
+    assert startup.load_format == "instanttensor" and startup.env["INSTANTTENSOR_BACKEND"] == "BUFFERED"
+    without = prepared({"MODEL_NAME": str(model)})
+    without.engine_started()
+    assert without.load_format is None

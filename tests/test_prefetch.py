@@ -72,24 +72,24 @@ def test_a_file_it_cannot_read_ends_the_reading_not_the_start(tmp_path, caplog):
     assert "prefetch: stopped reading weights" in caplog.text and "prefetch: 0.00 of" in caplog.text
 
 
-def test_starts_only_for_weights_that_will_be_loaded(tmp_path):
+def test_reads_only_weights_that_will_be_loaded(tmp_path):
     write(tmp_path / "model.safetensors", 100)
-    reading = prefetch.start({"MODEL_NAME": str(tmp_path)})
+    reading = prefetch.start(prefetch.local_weights({"MODEL_NAME": str(tmp_path)}))
     reading.wait(30)
     assert reading.bytes_read == 100
-    assert prefetch.start({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "dummy"}) is None
-    assert prefetch.start({"MODEL_NAME": str(tmp_path / "nothing-here")}) is None
-    assert prefetch.start({}) is None
-
+    assert prefetch.local_weights({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "dummy"}) == []
+    assert prefetch.local_weights({"MODEL_NAME": str(tmp_path / "nothing-here")}) == []
+    assert prefetch.local_weights({}) == []
+    assert prefetch.start([]) is None
 
 
 def test_a_model_in_one_file_is_read_too(tmp_path):
     gguf = write(tmp_path / "chat-7b-Q4_K_M.gguf", 100)
-    reading = prefetch.start({"MODEL_NAME": str(gguf)})
+    reading = prefetch.start(prefetch.local_weights({"MODEL_NAME": str(gguf)}))
     reading.wait(30)
     assert reading.files == [gguf] and reading.bytes_read == 100
 
 
 def test_a_name_no_path_can_have_reads_nothing():
     # Too long for a file name: the start goes on, and vLLM's own check of the name fails it in one line.
-    assert prefetch.start({"MODEL_NAME": "a" * 5000}) is None
+    assert prefetch.local_weights({"MODEL_NAME": "a" * 5000}) == []

@@ -83,6 +83,9 @@ FAST_BOOT_VLLM_ENV = {
     "VLLM_ENABLE_STARTUP_PLAN": "1",  # reuse the KV cache size a start measured (on the volume): no profiling
     "VLLM_USE_FLASHINFER_SAMPLER": "0",  # no JIT build of FlashInfer's sampling kernels
 }
+# The prefetch (startup/prefetch.py) reads the weights into the page cache; InstantTensor, FAST_BOOT's
+# loader on a GPU (startup/loader.py), would read them from the disk again with its default, direct I/O.
+PREFETCH_VLLM_ENV = {"INSTANTTENSOR_BACKEND": "BUFFERED"}
 
 
 class ConfigError(Exception):
@@ -294,8 +297,10 @@ def in_runpod(env: Mapping[str, str]) -> bool:
 
 
 def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_count: int = 0,
-             tiny_model: Callable[[], str] | None = None) -> tuple[Settings, list[str]]:
-    """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser)."""
+             tiny_model: Callable[[], str] | None = None, load_format: str | None = None) -> tuple[Settings, list[str]]:
+    """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser).
+    `load_format`: the loader the worker picked for the weights it found (startup/loader.py), which
+    LOAD_FORMAT and VLLM_CONFIG_FILE override."""
     names = env_names(parser)
     env = dict(env)
     worker = worker_settings(env)
@@ -332,6 +337,8 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     if worker.fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
             default(dest, value)
+    if load_format:
+        default("load_format", load_format)
     argv, warnings = engine_argv(env, names)
     # The file's options first, where vLLM's parser would put them for `--config`: the environment's
     # win. Spliced here from the read above, so the file is read once.
@@ -360,5 +367,7 @@ def _env_wins(args: argparse.Namespace, names: Mapping[str, argparse.Action], en
 
 
 def vllm_env(env: Mapping[str, str], worker: WorkerSettings) -> dict[str, str]:
-    """vLLM's own environment variables that the worker's settings imply, where `env` sets none."""
-    return {name: value for name, value in FAST_BOOT_VLLM_ENV.items() if worker.fast_boot and name not in env}
+    """The environment variables of vLLM and its loaders that the worker's settings imply, where
+    `env` sets none."""
+    implied = (FAST_BOOT_VLLM_ENV if worker.fast_boot else {}) | (PREFETCH_VLLM_ENV if worker.prefetch_weights else {})
+    return {name: value for name, value in implied.items() if name not in env}

@@ -38,7 +38,8 @@ def start(env: Mapping[str, str], startup: Startup | None = None, front_ends: bo
     imports = phases.seconds_since_process_start()
     began = time.monotonic()
     settings, warnings = config.from_env(env, engine.arg_parser(), gpu_count=engine.gpu_count(),
-                                         tiny_model=lambda: str(tiny_model.ensure()))
+                                         tiny_model=lambda: str(tiny_model.ensure()),
+                                         load_format=startup.load_format if startup else None)
     for warning in warnings:
         log.warning(warning)
     if settings.embedded_model:

@@ -22,6 +22,7 @@ from worker_vllm.startup import (
     download,
     during_engine_start,
     fitness,
+    loader,
     phases,
     plugins,
     prefetch,
@@ -41,6 +42,7 @@ class Startup:
     downloading: download.Progress | None = None
     failures: list[dict] = field(default_factory=list)  # what vLLM's processes logged as they failed
     front_end: tuple[str, ...] = ()  # the modules that serve jobs once the engine is up
+    load_format: str | None = None  # the loader picked for the weights found here (startup/loader.py)
 
     def before_engine(self, prepare_serving: Callable[[Sequence[str]], None] | None = None) -> float:
         """Call once vLLM is imported: the CPU probe's process must be done before vLLM forks, and
@@ -100,7 +102,10 @@ def prepare(environ: MutableMapping[str, str], *, probe_cpu: bool = False, sdk_c
     environ.update(additions)
     env |= additions
     caches.seed(env, caches.gpu_arch)
-    reading = prefetch.start(env) if own and own.prefetch_weights else None
+    weights = prefetch.local_weights(env)  # after the update: huggingface_hub reads HF_HOME as it is imported
+    reading = prefetch.start(weights) if own and own.prefetch_weights else None
+    load_format = loader.load_format(env, weights, fast_boot=bool(own and own.fast_boot),
+                                     gpu=caches.gpu_name() != "cpu")
     return Startup(env, Path(phases_file), caches.describe(env, places, volume), reading,
                    cpu_probe.start() if probe_cpu else None, checking,
-                   None if reading else download.start(env), front_end=tuple(front_end))
+                   None if reading else download.start(env), front_end=tuple(front_end), load_format=load_format)

@@ -112,16 +112,19 @@ class Prefetch:
                  self.bytes_read / 2**30, self.total / 2**30, self._seconds)
 
 
-def start(env: Mapping[str, str]) -> Prefetch | None:
-    """Start reading the weights of env's MODEL_NAME, if they are on this machine and will be loaded.
-
-    Reads at most half the memory that is free, so the first files are still cached when vLLM loads them."""
+def local_weights(env: Mapping[str, str]) -> list[Path]:
+    """The weight files of env's MODEL_NAME that are on this machine and will be loaded."""
     model = config.model_name(env)
     if not model or env.get("LOAD_FORMAT", "auto") == "dummy":
-        return None
+        return []
     if os.path.isfile(model):  # a model in one file: a local GGUF
-        files = [Path(model)]
-    else:
-        folder = local_folder(model, env.get("MODEL_REVISION") or None)
-        files = weight_files(folder) if folder else []
+        return [Path(model)]
+    folder = local_folder(model, env.get("MODEL_REVISION") or None)
+    return weight_files(folder) if folder else []
+
+
+def start(files: list[Path]) -> Prefetch | None:
+    """Start reading `files` (local_weights), if there are any.
+
+    Reads at most half the memory that is free, so the first files are still cached when vLLM loads them."""
     return Prefetch(files, psutil.virtual_memory().available // 2) if files else None
