@@ -13,9 +13,10 @@ LOAD_BALANCER=true instead and polls /ping every 20 ms: Runpod's cold-start figu
 endpoint is the time from the first 204 to the first 200; then one streamed chat completion.
 
   python bench/cold_start.py --model DIR --out DIR [--label NAME] [--runs empty first warm load_balancer]
-                             [--evict-weights] [--worker PATH] [--py-spy PATH]
+                             [--real-weights] [--evict-weights] [--worker PATH] [--py-spy PATH]
 
-The weights are dummy unless LOAD_FORMAT says otherwise; --evict-weights drops the model's weight
+The weights are dummy unless LOAD_FORMAT says otherwise, or --real-weights leaves the loader to
+the worker (FAST_BOOT's InstantTensor on a GPU) and vLLM; --evict-weights drops the model's weight
 files from the page cache before each start, as on a machine that has not read them yet. With
 --py-spy, py-spy samples each start's processes (vLLM's engine process too) into a raw profile.
 """
@@ -58,9 +59,11 @@ def evict(model: Path) -> None:
             os.close(fd)
 
 
-def start_once(model: Path, run: str, log_path: Path, worker: Path, py_spy: Path | None = None) -> dict:
+def start_once(model: Path, run: str, log_path: Path, worker: Path, py_spy: Path | None = None,
+               real_weights: bool = False) -> dict:
     """One start of the worker on `model`; what it measured."""
-    env = {"LOAD_FORMAT": "dummy"} | os.environ | {"MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096"}
+    weights = {} if real_weights else {"LOAD_FORMAT": "dummy"}
+    env = weights | os.environ | {"MODEL_NAME": str(model), "MAX_MODEL_LEN": "4096"}
     job = {"prompt": "t11 t12 t13", "stream": True, "sampling_params": {"max_tokens": 8}}
     fake = None
     if run == "empty":
@@ -170,6 +173,7 @@ def main():
     parser.add_argument("--label", default="default")
     parser.add_argument("--runs", nargs="+", default=["empty", "warm"],
                         choices=["empty", "first", "warm", "load_balancer"])
+    parser.add_argument("--real-weights", action="store_true", help="no dummy default for LOAD_FORMAT")
     parser.add_argument("--evict-weights", action="store_true")
     parser.add_argument("--worker", type=Path, default=HERE.parent / "src" / "handler.py",
                         help="the handler.py the warm starts run (to compare two versions on one machine)")
@@ -189,7 +193,7 @@ def main():
             VOLUME.mkdir()
         name = run if args.runs.count(run) == 1 else f"{run}_{number}"  # a repeated run keeps each start
         results[name] = start_once(args.model, run, args.out / f"cold_start_{args.label}_{name}.log", args.worker,
-                                   args.py_spy)
+                                   args.py_spy, args.real_weights)
         print(name, json.dumps(results[name]), flush=True)
         (args.out / f"cold_start_{args.label}.json").write_text(json.dumps(results, indent=2))
 

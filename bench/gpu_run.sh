@@ -226,7 +226,8 @@ start_compare() {
   local specs=("${@:-prev:prev}"); [ $# -gt 0 ] || specs+=(new:new)
   [ -f "$prev" ] || die "start_compare needs the previous version in .gpu/prev/src (carried)"
   image_env; weights
-  export FAST_BOOT=true LOAD_FORMAT=auto
+  export FAST_BOOT=true
+  unset LOAD_FORMAT  # the loader is the worker's choice (and vLLM's), as in the image
   if compgen -G ".whl/load/*.whl" > /dev/null; then
     python3 -m pip install -q --no-deps --no-index --target /tmp/load-site .whl/load/*.whl ||
       die "installing .whl/load/*.whl failed"
@@ -264,7 +265,7 @@ start_spec() {  # SPEC KIND ROUND: one start for start_compare, in a subshell fo
   (
     IFS=: read -ra vars <<< "$vars"
     for var in "${vars[@]}"; do export "${var?}"; done
-    in_image cold --label "${2}_${label}_$3" --runs "$2" --evict-weights --worker "$version"
+    in_image cold --label "${2}_${label}_$3" --runs "$2" --real-weights --evict-weights --worker "$version"
   )
 }
 
