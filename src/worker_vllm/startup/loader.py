@@ -1,9 +1,9 @@
 """FAST_BOOT's weight loader: InstantTensor, for safetensors weights already on this machine.
 
 vLLM's default loader copies the weights from the page cache into the GPU one tensor at a time:
-2.3-3.2 s for 15 GiB on an H200. InstantTensor (vLLM's `instanttensor` load format; the image has
-it, as vLLM requires it) reads through pinned buffers it reuses and copies while it reads: 0.6-0.7 s
-(docs/benchmarks.md). The worker tells it to read through the page cache, where the prefetch puts
+2.1-3.2 s for 15 GiB on an H200. InstantTensor (vLLM's `instanttensor` load format; the image has
+it, as vLLM requires it) reads the files in many pieces at once into a GPU buffer it reuses, copying
+as it reads: 0.4-0.7 s (docs/benchmarks.md). The worker tells it to read through the page cache, where the prefetch puts
 the weights (config.PREFETCH_VLLM_ENV).
 """
 
