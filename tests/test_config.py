@@ -254,8 +254,9 @@ def test_a_bad_value_in_the_environment_is_still_the_environments(tmp_path):
 
 
 def test_the_loader_the_worker_picked_yields_to_load_format_and_the_config_file(tmp_path):
-    s, _ = settings({"MODEL_NAME": "m"}, load_format="instanttensor")
-    assert s.engine_args.load_format == "instanttensor"
+    for env in ({"MODEL_NAME": "m"}, {"MODEL_NAME": "m", "LOAD_FORMAT": "auto"}, {"MODEL_NAME": "m", "LOAD_FORMAT": ""}):
+        s, _ = settings(env, load_format="instanttensor")
+        assert s.engine_args.load_format == "instanttensor", env
     s, _ = settings({"MODEL_NAME": "m", "LOAD_FORMAT": "safetensors"}, load_format="instanttensor")
     assert s.engine_args.load_format == "safetensors"
     file = tmp_path / "vllm.yaml"

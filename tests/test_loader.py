@@ -35,9 +35,12 @@ def test_not_for_weights_that_are_not_here_yet():
     assert pick({"MODEL_NAME": "org/name"}, []) is None  # vLLM downloads them
 
 
-def test_load_format_decides(tmp_path):
+def test_a_load_format_other_than_vllms_choice_decides(tmp_path):
     weights = shards(tmp_path, "model.safetensors")
-    assert pick({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "auto"}, weights) is None
+    assert pick({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "safetensors"}, weights) is None
+    # `auto` (the Hub listing's default) and an empty value leave it to vLLM: the worker picks.
+    assert pick({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": "auto"}, weights) == "instanttensor"
+    assert pick({"MODEL_NAME": str(tmp_path), "LOAD_FORMAT": ""}, weights) == "instanttensor"
 
 
 @pytest.mark.parametrize("names", [["pytorch_model.bin"],  # InstantTensor reads safetensors only

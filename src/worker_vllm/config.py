@@ -86,6 +86,8 @@ FAST_BOOT_VLLM_ENV = {
 # The prefetch (startup/prefetch.py) reads the weights into the page cache; InstantTensor, FAST_BOOT's
 # loader on a GPU (startup/loader.py), would read them from the disk again with its default, direct I/O.
 PREFETCH_VLLM_ENV = {"INSTANTTENSOR_BACKEND": "BUFFERED"}
+# LOAD_FORMAT values that leave the loader to vLLM, or to the worker where it picks one.
+VLLMS_LOADER = ("", "auto")
 
 
 class ConfigError(Exception):
@@ -299,8 +301,8 @@ def in_runpod(env: Mapping[str, str]) -> bool:
 def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_count: int = 0,
              tiny_model: Callable[[], str] | None = None, load_format: str | None = None) -> tuple[Settings, list[str]]:
     """Settings and warnings from `env`. `parser` is vLLM's serve parser (see engine.arg_parser).
-    `load_format`: the loader the worker picked for the weights it found (startup/loader.py), which
-    LOAD_FORMAT and VLLM_CONFIG_FILE override."""
+    `load_format`: the loader the worker picked for the weights it found (startup/loader.py), in
+    place of vLLM's choice; a LOAD_FORMAT other than `auto`, or VLLM_CONFIG_FILE's, wins."""
     names = env_names(parser)
     env = dict(env)
     worker = worker_settings(env)
@@ -337,8 +339,8 @@ def from_env(env: Mapping[str, str], parser: argparse.ArgumentParser, *, gpu_cou
     if worker.fast_boot:
         for dest, value in FAST_BOOT_DEFAULTS.items():
             default(dest, value)
-    if load_format:
-        default("load_format", load_format)
+    if load_format and env.get("LOAD_FORMAT", "auto") in VLLMS_LOADER and "load_format" not in in_file:
+        env["LOAD_FORMAT"] = load_format
     argv, warnings = engine_argv(env, names)
     # The file's options first, where vLLM's parser would put them for `--config`: the environment's
     # win. Spliced here from the read above, so the file is read once.

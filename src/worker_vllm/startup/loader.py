@@ -10,6 +10,7 @@ the weights (config.PREFETCH_VLLM_ENV).
 from collections.abc import Mapping
 from pathlib import Path
 
+from worker_vllm import config
 from worker_vllm.startup import plugins
 
 INSTANTTENSOR = "instanttensor"
@@ -17,10 +18,11 @@ INSTANTTENSOR = "instanttensor"
 
 def load_format(env: Mapping[str, str], weights: list[Path], *, fast_boot: bool, gpu: bool) -> str | None:
     """`instanttensor` where it loads what vLLM's default loader would: with FAST_BOOT on an NVIDIA
-    GPU, LOAD_FORMAT unset, the `weights` on this machine all safetensors, none of them in Mistral's
-    consolidated format (which vLLM's default picks over the others), and neither bitsandbytes nor
-    GGUF (their plugins load those). None otherwise: vLLM's default."""
-    if not (fast_boot and gpu and weights) or "LOAD_FORMAT" in env:
+    GPU, LOAD_FORMAT unset or `auto` (vLLM's choice, and the Hub listing's default), the `weights` on
+    this machine all safetensors, none of them in Mistral's consolidated format (which vLLM's default
+    picks over the others), and neither bitsandbytes nor GGUF (their plugins load those). None
+    otherwise: vLLM's default."""
+    if not (fast_boot and gpu and weights) or env.get("LOAD_FORMAT", "auto") not in config.VLLMS_LOADER:
         return None
     if plugins.uses_bitsandbytes(env) or plugins.uses_gguf(env):
         return None
