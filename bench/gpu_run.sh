@@ -55,6 +55,7 @@ OUT="${OUT:-$PWD/out}"
 MODEL_CONFIG="${MODEL_CONFIG:-bench/llama-3.1-8b-config.json}"
 MODEL="/tmp/bench-$(basename "$MODEL_CONFIG" -config.json)"
 IMAGE=/tmp/image  # the image's Python, made by bench/image_env.py
+PREV=.gpu/prev/src/handler.py  # start_compare's previous version, carried: git archive REV src | tar -x -C .gpu/prev
 VOLUME=/runpod-volume  # where bench/cold_start.py's starts keep their caches, as on Runpod
 export PYTHONUNBUFFERED=1 RUNPOD_LOG_LEVEL=WARN VLLM_USE_FLASHINFER_SAMPLER="${VLLM_USE_FLASHINFER_SAMPLER:-0}"
 
@@ -221,10 +222,10 @@ triton_image() {
 }
 
 start_compare() {
-  local rounds=${1:-1} round prev=.gpu/prev/src/handler.py arch spec kind
+  local rounds=${1:-1} round arch spec kind
   shift || true
   local specs=("${@:-prev:prev}"); [ $# -gt 0 ] || specs+=(new:new)
-  [ -f "$prev" ] || die "start_compare needs the previous version in .gpu/prev/src (carried)"
+  [ -f "$PREV" ] || die "start_compare needs the previous version in .gpu/prev/src (carried)"
   image_env; weights
   export FAST_BOOT=true
   unset LOAD_FORMAT  # the loader is the worker's choice (and vLLM's), as in the image
@@ -261,7 +262,7 @@ start_spec() {  # SPEC KIND ROUND: one start for start_compare, in a subshell fo
   local label version vars
   IFS=: read -r label version vars <<< "$1"
   case "$version" in
-    prev) version=.gpu/prev/src/handler.py ;;
+    prev) version=$PREV ;;
     new) version=src/handler.py ;;
     *) return 1 ;;
   esac
