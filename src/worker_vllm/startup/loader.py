@@ -3,8 +3,8 @@
 vLLM's default loader copies the weights from the page cache into the GPU one tensor at a time:
 2.1-3.2 s for 15 GiB on an H200. InstantTensor (vLLM's `instanttensor` load format; the image has
 it, as vLLM requires it) reads the files in many pieces at once into a GPU buffer it reuses, copying
-as it reads: 0.4-0.7 s (docs/benchmarks.md). The worker tells it to read through the page cache, where the prefetch puts
-the weights (config.PREFETCH_VLLM_ENV).
+as it reads: 0.4-0.7 s (docs/benchmarks.md). The worker tells it to read through the page cache,
+where the prefetch puts the weights (config.PREFETCH_VLLM_ENV).
 """
 
 from collections.abc import Mapping
@@ -29,4 +29,3 @@ def load_format(env: Mapping[str, str], weights: list[Path], *, fast_boot: bool,
     if any(path.suffix != ".safetensors" or path.name.startswith("consolidated") for path in weights):
         return None
     return INSTANTTENSOR
-
