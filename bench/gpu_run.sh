@@ -35,6 +35,9 @@
 #                             and range of the seconds to the first token), logs in start_compare_logs.tgz.
 #                             PROFILE=true: then one warm start of this version sampled by py-spy, every process and
 #                             thread (cold_start_profiled_warm.pyspy.txt in the logs)
+#   import_compare [ROUNDS]   the image's Python: seconds to import the worker's start-up modules, with the collector
+#                             off as the worker imports them (startup/imports.py) and on, alternating, ROUNDS (5) each
+#                             (bench/import_time.py); results in import_compare.json
 #   cuda_init [NAME=VALUE ...]  the image's Python: who starts CUDA in the worker's process before vLLM's engine
 #                             process, and which missing packages it asked for by then (bench/cuda_init.py), e.g.
 #                             cuda_init FAST_BOOT=true TENSOR_PARALLEL_SIZE=2; output in cuda_init.txt
@@ -273,6 +276,11 @@ start_spec() {  # SPEC KIND ROUND: one start for start_compare, in a subshell fo
   )
 }
 
+import_compare() {
+  image_env
+  in_image python3 bench/import_time.py --rounds "${1:-5}" --out "$OUT/import_compare.json"
+}
+
 cuda_init() {
   local arg
   for arg in "$@"; do export "${arg?}"; done
@@ -296,6 +304,7 @@ case "$part" in
   triton_compare) need_vllm; triton_compare "$@" ;;
   triton_image) need_vllm; triton_image ;;
   start_compare) need_vllm; start_compare "$@" ;;
+  import_compare) need_vllm; import_compare "$@" ;;
   cuda_init) need_vllm; cuda_init "$@" ;;
   disk_read) need_vllm; weights; python3 bench/disk_read.py "$MODEL" --out "$OUT" "$@" ;;
   fastboot_cost)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from worker_vllm import config, errors
 from worker_vllm.local import test_input
-from worker_vllm.startup import environment
+from worker_vllm.startup import environment, imports
 
 if TYPE_CHECKING:
     from worker_vllm.worker import Worker
@@ -75,7 +75,8 @@ def configure_logging(process: str = "") -> None:
 def start_or_exit(startup: environment.Startup, front_ends: bool = False) -> "Worker":
     """The started worker (`front_ends`: see worker.start); a start-up failure exits 1 with one
     line that names the cause."""
-    from worker_vllm import worker  # imports vLLM: the weights are read meanwhile
+    with imports.uncollected():
+        from worker_vllm import worker  # imports vLLM: the weights are read meanwhile
 
     configure_logging()
     log.info(startup.caches)
