@@ -1,7 +1,8 @@
 """Seconds to import the worker's start-up modules (vLLM, torch, transformers) in a new Python
 process: as the worker does it (startup.imports: the collector off, then the heap frozen) and with
-the collector on, alternating, ROUNDS of each; also the full collections each ran. Run it in the
-Python being measured (bench/gpu_run.sh import_compare uses the image's).
+the collector on, alternating, ROUNDS of each; also the full collections each ran and the seconds
+spent collecting. Run it in the Python being measured (bench/gpu_run.sh import_compare uses the
+image's).
 
   python bench/import_time.py [--rounds 5] [--out FILE.json]
 """
@@ -17,12 +18,21 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 IMPORT = """
 import contextlib, gc, json, time
 from worker_vllm.startup import imports
-full = []
-gc.callbacks.append(lambda phase, info: phase == "start" and info["generation"] == 2 and full.append(1))
+full, collecting, started = [], [0.0], [0.0]
+
+def timed(phase, info):
+    if phase == "start":
+        started[0] = time.perf_counter()
+        full.extend([1] if info["generation"] == 2 else [])
+    else:
+        collecting[0] += time.perf_counter() - started[0]
+
+gc.callbacks.append(timed)
 began = time.perf_counter()
 with imports.uncollected() if {uncollected} else contextlib.nullcontext():
     from worker_vllm import worker
-print(json.dumps({{"import_s": time.perf_counter() - began, "full_collections": len(full)}}))
+print(json.dumps({{"import_s": time.perf_counter() - began, "full_collections": len(full),
+                  "collecting_s": collecting[0]}}))
 """
 WAYS = {"collector_on": False, "uncollected": True}
 
@@ -47,9 +57,10 @@ def main() -> None:
     for way, results in runs.items():
         seconds = [round(r["import_s"], 2) for r in results]
         summary[way] = {"median_s": statistics.median(seconds), "range_s": [min(seconds), max(seconds)],
-                        "seconds": seconds, "full_collections": [r["full_collections"] for r in results]}
-        print(f"{way}: {summary[way]['median_s']} s [{min(seconds)}-{max(seconds)}], "
-              f"full collections {summary[way]['full_collections']}", flush=True)
+                        "seconds": seconds, "full_collections": [r["full_collections"] for r in results],
+                        "collecting_s": [round(r["collecting_s"], 2) for r in results]}
+        print(f"{way}: {summary[way]['median_s']} s [{min(seconds)}-{max(seconds)}], full collections "
+              f"{summary[way]['full_collections']}, collecting {summary[way]['collecting_s']} s", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"python": sys.version, "rounds": args.rounds, "imports": summary}, indent=2))
 
