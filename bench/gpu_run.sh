@@ -34,7 +34,8 @@
 #                             staged vLLM has neither). Results in start_compare.json (per kind of start, the median
 #                             and range of the seconds to the first token), logs in start_compare_logs.tgz.
 #                             PROFILE=true: then one warm start of this version sampled by py-spy, every process and
-#                             thread (cold_start_profiled_warm.pyspy.txt in the logs)
+#                             thread (cold_start_profiled_warm.pyspy.txt in the logs). KINDS="warm": warm starts only
+#                             (from the caches the set-up's first start, or the last start, left)
 #   import_compare [ROUNDS]   the image's Python: seconds to import the worker's start-up modules, with the collector
 #                             off as the worker imports them (startup/imports.py) and on, alternating, ROUNDS (5) each
 #                             (bench/import_time.py); results in import_compare.json
@@ -249,7 +250,7 @@ start_compare() {
     touch "$SHIPPED/start_compare.done"
   fi
   for round in $(seq "$rounds"); do  # alternating, as starts vary by seconds
-    for kind in first warm; do
+    for kind in ${KINDS:-first warm}; do
       for spec in "${specs[@]}"; do
         start_spec "$spec" "$kind" "$round" || die "start_compare: bad SPEC $spec (LABEL:VERSION[:NAME=VALUE...])"
       done
