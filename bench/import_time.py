@@ -18,21 +18,20 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 IMPORT = """
 import contextlib, gc, json, time
 from worker_vllm.startup import imports
-full, collecting, started = [], [0.0], [0.0]
+seen = {{"full_collections": 0, "collecting_s": 0.0}}
 
 def timed(phase, info):
     if phase == "start":
-        started[0] = time.perf_counter()
-        full.extend([1] if info["generation"] == 2 else [])
+        seen["started"] = time.perf_counter()
+        seen["full_collections"] += info["generation"] == 2
     else:
-        collecting[0] += time.perf_counter() - started[0]
+        seen["collecting_s"] += time.perf_counter() - seen.pop("started")
 
 gc.callbacks.append(timed)
 began = time.perf_counter()
 with imports.uncollected() if {uncollected} else contextlib.nullcontext():
     from worker_vllm import worker
-print(json.dumps({{"import_s": time.perf_counter() - began, "full_collections": len(full),
-                  "collecting_s": collecting[0]}}))
+print(json.dumps({{"import_s": time.perf_counter() - began, **seen}}))
 """
 WAYS = {"collector_on": False, "uncollected": True}
 
